@@ -1,0 +1,1 @@
+"""The ``safeclip`` command line (installed as ``safeclip_sdk.cli``)."""

@@ -1,0 +1,1 @@
+"""Vector-database integrations (installed as ``safeclip_sdk.integrations``)."""

@@ -1,0 +1,155 @@
+"""Training configuration: dataclasses, YAML files and command-line overrides.
+
+A run's config is built in three layers: the defaults below, then a YAML file (``-c cfg.yaml``),
+then overrides (``--lr 1e-4`` or ``--set lora.rank=8``). The effective config is saved beside
+the run as ``config.yaml`` and inside ``safeclip.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SafeclipError
+
+# Safe-CLIP's eight loss terms, in the reference order, with the reference weights.
+SAFE_CLIP_REFERENCE_WEIGHTS = {
+    "text_safe_cos": 0.1,             # 1 - cos(T(t),  T0(t))
+    "text_unsafe_cos": 0.1,           # 1 - cos(T(t*), T0(t))
+    "image_safe_cos": 0.1,            # 1 - cos(V(v),  V0(v))
+    "image_unsafe_cos": 0.2,          # 1 - cos(V(v*), V0(v))
+    "text_safe_contrastive": 0.25,    # contrastive(T(t),  V0(v))
+    "text_unsafe_contrastive": 0.25,  # contrastive(T(t*), V0(v))
+    "image_safe_contrastive": 0.25,   # contrastive(V(v),  T0(t))
+    "image_unsafe_contrastive": 0.5,  # contrastive(V(v*), T0(t))
+}
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.1
+    # open_clip module names: `attn` is nn.MultiheadAttention (q/k/v and out projections),
+    # c_fc / c_proj are the MLP layers; add `conv1` for the patch embedding.
+    targets: list[str] = field(default_factory=lambda: ["attn", "c_fc", "c_proj"])
+    towers: str = "both"  # "both" or "text"
+
+
+@dataclass
+class LossConfig:
+    tau: float = 0.01
+    weights: dict[str, float] = field(default_factory=lambda: dict(SAFE_CLIP_REFERENCE_WEIGHTS))
+    # "sum": every weight is divided once by the sum of all eight configured weights, so a term
+    # has the same scale whether or not the dataset has unsafe images. "none": used as given.
+    normalization: str = "sum"
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    val: str | None = None
+    # ViSU: the COCO root holding train2017/ and val2017/; JSONL: ignored (paths are in the file)
+    image_root: str | None = None
+    unsafe_image_root: str | None = None
+    skip_bad: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    method: str = "safe-clip"
+    base_model: str = "ViT-L-14-quickgelu"
+    pretrained: str | None = "openai"
+    output_dir: str = "runs/safe-clip"
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 128
+    grad_accum_steps: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    precision: str = "auto"  # auto: bf16/fp16 autocast on GPU, fp32 on CPU; or fp32, fp16, bf16
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    # Validation runs after each epoch; training stops when `early_stopping_metric` (lower is
+    # better) has not improved for `early_stopping_patience` epochs (0 disables early stopping).
+    early_stopping_metric: str = "val_loss"
+    early_stopping_patience: int = 2
+    resume: bool = False
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Build a config from nested dicts, rejecting unknown keys by name."""
+    return _build(TrainConfig, values, prefix="")
+
+
+def _build(cls, values: dict[str, Any], prefix: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise SafeclipError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in values.items():
+        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING \
+            else known[name].default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = _build(type(default), value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then ``overrides`` (dotted keys: ``{"lora.rank": 8}``)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise SafeclipError(f"{path}: cannot read config ({str(error).splitlines()[0]})") from error
+        if not isinstance(values, dict):
+            raise SafeclipError(f"{path}: a config file must be a YAML mapping")
+    merged = to_dict(from_dict(values))
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(merged, dotted, value)
+    return from_dict(merged)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"lora.rank=8"`` -> ``("lora.rank", 8)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise SafeclipError(f"override '{text}' must look like key.path=value")
+    return key.strip(), yaml.safe_load(raw)
+
+
+def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = values
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            raise SafeclipError(f"unknown config key '{dotted}'")
+        node = node[part]
+    if leaf not in node:
+        raise SafeclipError(f"unknown config key '{dotted}'")
+    node[leaf] = value
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    from .models import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,239 @@
+"""Loading base CLIP models from every place users keep them, and saving model folders.
+
+A model source is one of:
+- an open_clip architecture name with an optional pretrained tag or checkpoint file
+  (``ViT-L-14-quickgelu`` + ``openai``, ``ViT-B-32`` + ``/path/ckpt.safetensors``);
+- ``hf-hub:org/repo`` (an open_clip repository on the Hugging Face hub);
+- ``local-dir:/path`` or a plain folder holding ``open_clip_config.json`` + weights (this is also
+  the layout safeclip writes, so a trained model loads back the same way);
+- a Hugging Face ``CLIPModel`` folder (``config.json`` + ``model.safetensors``), converted into
+  the open_clip module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._compat import import_open_clip
+from .errors import ModelLoadError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+HF_CONFIG = "config.json"
+
+_configs_registered = False
+
+
+def open_clip_module():
+    """open_clip, imported once with safeclip's own architectures registered."""
+    global _configs_registered
+    open_clip = import_open_clip()
+    if not _configs_registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _configs_registered = True
+    return open_clip
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip CLIP module with everything needed to rebuild or save it."""
+
+    model: torch.nn.Module
+    model_cfg: dict[str, Any]
+    preprocess_cfg: dict[str, Any]
+    source: str
+    pretrained: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def preprocess(self):
+        """The evaluation image transform, exactly as open_clip builds it."""
+        open_clip = open_clip_module()
+        cfg = open_clip.PreprocessCfg(**self.preprocess_cfg)
+        return open_clip.image_transform_v2(cfg, is_train=False)
+
+    @property
+    def tokenizer(self):
+        open_clip = open_clip_module()
+        text_cfg = self.model_cfg.get("text_cfg", {})
+        if text_cfg.get("hf_tokenizer_name"):
+            return open_clip.HFTokenizer(
+                text_cfg["hf_tokenizer_name"],
+                context_length=text_cfg.get("context_length", 77),
+                **text_cfg.get("tokenizer_kwargs", {}),
+            )
+        return open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model_cfg.get("text_cfg", {}).get("context_length", 77))
+
+    @property
+    def image_size(self) -> int:
+        size = self.preprocess_cfg["size"]
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def _preprocess_cfg_of(model: torch.nn.Module) -> dict[str, Any]:
+    open_clip = open_clip_module()
+    cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in cfg.items()}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{path}: cannot read JSON ({error})") from error
+
+
+def _is_hf_clip_dir(path: Path) -> bool:
+    config_path = path / HF_CONFIG
+    if not config_path.is_file():
+        return False
+    config = _read_json(config_path)
+    return config.get("model_type") == "clip" or "CLIPModel" in config.get("architectures", [])
+
+
+def _load_local_dir(path: Path, source: str, device: str | torch.device) -> LoadedModel:
+    open_clip = open_clip_module()
+    config = _read_json(path / OPEN_CLIP_CONFIG)
+    if "model_cfg" not in config:
+        raise ModelLoadError(f"{path / OPEN_CLIP_CONFIG}: missing 'model_cfg'")
+    if not any((path / name).is_file() for name in (OPEN_CLIP_WEIGHTS, "open_clip_pytorch_model.safetensors",
+                                                    "open_clip_pytorch_model.bin")):
+        raise ModelLoadError(f"{path}: open_clip_config.json found but no weights file ({OPEN_CLIP_WEIGHTS})")
+    model = open_clip.create_model(f"local-dir:{path}", device=device, weights_only=True)
+    metadata_path = path / "safeclip.json"
+    metadata = _read_json(metadata_path) if metadata_path.is_file() else {}
+    preprocess_cfg = _preprocess_cfg_of(model)
+    return LoadedModel(model, config["model_cfg"], preprocess_cfg, source, None, metadata)
+
+
+def _load_hf_clip_dir(path: Path, source: str, device: str | torch.device) -> LoadedModel:
+    from .hf_convert import load_hf_clip_dir
+
+    model_cfg, preprocess_cfg, state_dict = load_hf_clip_dir(path)
+    model = build_model(model_cfg, preprocess_cfg, device=device)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(f"{path}: Hugging Face weights do not fit the converted architecture "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return LoadedModel(model, model_cfg, preprocess_cfg, source, None, {})
+
+
+def build_model(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None = None,
+                device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A randomly initialised open_clip CLIP from a config dict (no download)."""
+    open_clip = open_clip_module()
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    cfg = dict(model_cfg)
+    is_custom_text = "hf_model_name" in cfg.get("text_cfg", {}) or cfg.pop("custom_text", False)
+    model_class = CustomTextCLIP if is_custom_text else CLIP
+    model = model_class(**cfg, cast_dtype=None)
+    default_cfg = asdict(open_clip.PreprocessCfg(size=model.visual.image_size))
+    model.visual.preprocess_cfg = {**default_cfg, **(preprocess_cfg or {})}
+    return model.to(device)
+
+
+def load_model(source: str, pretrained: str | None = None, *,
+               device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a CLIP model from any supported source (see module docstring) in fp32 eval mode."""
+    open_clip = open_clip_module()
+    if source.startswith("hf-hub:"):
+        loaded = _load_hf_hub(source, device)
+    else:
+        local = Path(source.removeprefix("local-dir:")).expanduser()
+        if source.startswith("local-dir:") or local.is_dir():
+            if not local.is_dir():
+                raise ModelLoadError(f"{source}: folder not found")
+            if (local / OPEN_CLIP_CONFIG).is_file():
+                loaded = _load_local_dir(local, source, device)
+            elif _is_hf_clip_dir(local):
+                loaded = _load_hf_clip_dir(local, source, device)
+            else:
+                raise ModelLoadError(f"{local}: neither an open_clip folder ({OPEN_CLIP_CONFIG}) "
+                                     f"nor a Hugging Face CLIPModel folder ({HF_CONFIG})")
+        else:
+            loaded = _load_architecture(source, pretrained, device)
+    loaded.model.eval()
+    return loaded
+
+
+def _load_architecture(name: str, pretrained: str | None, device) -> LoadedModel:
+    open_clip = open_clip_module()
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise ModelLoadError(f"unknown model '{name}': not an open_clip architecture, an hf-hub: id "
+                             f"or an existing folder (see `open_clip.list_models()`)")
+    if pretrained and not Path(pretrained).is_file() and not open_clip.get_pretrained_cfg(name, pretrained):
+        tags = [tag for arch, tag in open_clip.list_pretrained() if arch == name]
+        raise ModelLoadError(f"pretrained '{pretrained}' for {name}: neither a file nor a known tag "
+                             f"(known: {', '.join(tags) or 'none'})")
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained or None, device=device, weights_only=True)
+    except (RuntimeError, OSError) as error:
+        raise ModelLoadError(f"{name} ({pretrained}): {str(error).splitlines()[0]}") from error
+    return LoadedModel(model, dict(model_cfg), _preprocess_cfg_of(model), name, pretrained)
+
+
+def _load_hf_hub(source: str, device) -> LoadedModel:
+    """An hf-hub: id: an open_clip repository, or a transformers CLIPModel repository."""
+    from huggingface_hub import snapshot_download
+
+    repo_id = source.removeprefix("hf-hub:")
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    except Exception as error:  # huggingface_hub raises many types; all mean "not reachable here"
+        raise ModelLoadError(f"{source}: cannot download ({type(error).__name__}: {error})") from error
+    if (folder / OPEN_CLIP_CONFIG).is_file():
+        loaded = _load_local_dir(folder, source, device)
+    elif _is_hf_clip_dir(folder):
+        loaded = _load_hf_clip_dir(folder, source, device)
+    else:
+        raise ModelLoadError(f"{source}: the repository holds neither open_clip nor CLIPModel weights")
+    return loaded
+
+
+def save_model_dir(out_dir: str | os.PathLike, model: torch.nn.Module, model_cfg: dict[str, Any],
+                   preprocess_cfg: dict[str, Any], metadata: dict[str, Any] | None = None,
+                   model_card: str | None = None) -> Path:
+    """Write an open_clip ``local-dir:`` folder: config, safetensors weights, safeclip.json, card.
+
+    Each file is written to a temporary name and renamed, so a crash never leaves a torn file.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    atomic_write(out / OPEN_CLIP_WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    atomic_write_text(out / OPEN_CLIP_CONFIG, json.dumps(config, indent=2))
+    if metadata is not None:
+        atomic_write_text(out / "safeclip.json", json.dumps(metadata, indent=2, default=str))
+    if model_card is not None:
+        atomic_write_text(out / "README.md", model_card)
+    logging.getLogger(__name__).info("saved model folder %s", out)
+    return out
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` and rename the result onto ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny real open_clip models, built without any download."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from safeclip_sdk.models import load_model
+
+
+@pytest.fixture
+def tiny_model():
+    """A freshly initialised `safeclip-tiny` open_clip CLIP (3.4M parameters), seeded."""
+    torch.manual_seed(0)
+    return load_model("safeclip-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved `safeclip-tiny` model folder (open_clip local-dir layout), shared by the session."""
+    from safeclip_sdk.models import save_model_dir
+
+    torch.manual_seed(0)
+    loaded = load_model("safeclip-tiny")
+    out = tmp_path_factory.mktemp("tiny_model")
+    save_model_dir(out, loaded.model, loaded.model_cfg, loaded.preprocess_cfg,
+                   metadata={"method": "base", "base_model": "safeclip-tiny"})
+    return out
