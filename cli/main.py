@@ -43,8 +43,10 @@ class SafeclipGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def cli(verbose: bool) -> None:
     """Make CLIP embedding spaces safe: train, evaluate, export and embed."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    # other libraries (open_clip logs every load at INFO) stay at WARNING unless --verbose
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("safeclip_sdk").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 if __name__ == "__main__":

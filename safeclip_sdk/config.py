@@ -108,6 +108,8 @@ def _build(cls, values: dict[str, Any], prefix: str):
             else known[name].default
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             kwargs[name] = _build(type(default), value, prefix=f"{prefix}{name}.")
+        elif isinstance(default, dict) and isinstance(value, dict):
+            kwargs[name] = {**default, **value}  # e.g. loss.weights: set only the terms you change
         else:
             kwargs[name] = value
     return cls(**kwargs)

@@ -15,3 +15,12 @@ class ModelLoadError(SafeclipError):
 
 class ExportError(SafeclipError):
     """An export that failed or did not pass its parity check."""
+
+
+class ImageError(DataError):
+    """An image that cannot be used; the message names the item and what is wrong."""
+
+    def __init__(self, item: str, reason: str):
+        super().__init__(f"{item}: {reason}")
+        self.item = item
+        self.reason = reason

@@ -56,16 +56,19 @@ class LoadedModel:
     @property
     def preprocess(self):
         """The evaluation image transform, exactly as open_clip builds it."""
-        open_clip = open_clip_module()
-        cfg = open_clip.PreprocessCfg(**self.preprocess_cfg)
-        return open_clip.image_transform_v2(cfg, is_train=False)
+        open_clip_module()
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        return image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=False)
 
     @property
     def tokenizer(self):
         open_clip = open_clip_module()
         text_cfg = self.model_cfg.get("text_cfg", {})
         if text_cfg.get("hf_tokenizer_name"):
-            return open_clip.HFTokenizer(
+            from open_clip.tokenizer import HFTokenizer
+
+            return HFTokenizer(
                 text_cfg["hf_tokenizer_name"],
                 context_length=text_cfg.get("context_length", 77),
                 **text_cfg.get("tokenizer_kwargs", {}),
@@ -133,14 +136,15 @@ def _load_hf_clip_dir(path: Path, source: str, device: str | torch.device) -> Lo
 def build_model(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None = None,
                 device: str | torch.device = "cpu") -> torch.nn.Module:
     """A randomly initialised open_clip CLIP from a config dict (no download)."""
-    open_clip = open_clip_module()
+    open_clip_module()
     from open_clip.model import CLIP, CustomTextCLIP
+    from open_clip.transform import PreprocessCfg
 
     cfg = dict(model_cfg)
     is_custom_text = "hf_model_name" in cfg.get("text_cfg", {}) or cfg.pop("custom_text", False)
     model_class = CustomTextCLIP if is_custom_text else CLIP
     model = model_class(**cfg, cast_dtype=None)
-    default_cfg = asdict(open_clip.PreprocessCfg(size=model.visual.image_size))
+    default_cfg = asdict(PreprocessCfg(size=model.visual.image_size))
     model.visual.preprocess_cfg = {**default_cfg, **(preprocess_cfg or {})}
     return model.to(device)
 

@@ -1,0 +1,163 @@
+"""The offline demo: every stage of safeclip on a world the project generates itself.
+
+1. build the demo world (procedural scenes, safe and unsafe captions and images);
+2. pre-train a small base CLIP on safe AND unsafe scenes (no pretrained CLIP can be downloaded);
+3. fine-tune it with Safe-CLIP;
+4. evaluate base and Safe-CLIP side by side with the published protocol;
+5. export the Safe-CLIP model to ONNX (fp32 and int8, with parity checks);
+6. search: unsafe queries against a gallery of safe and unsafe images, base vs Safe-CLIP.
+
+Each stage reuses its output when the folder already holds it, so an interrupted demo resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import DataConfig, LoraConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    n_train: int = 3000
+    n_val: int = 300
+    n_test: int = 500
+    base_architecture: str = "safeclip-demo"
+    base_steps: int = 1200
+    base_batch_size: int = 64
+    base_lr: float = 5e-4
+    safe_epochs: int = 2
+    safe_batch_size: int = 64
+    safe_lr: float = 5e-4
+    lora_rank: int = 16
+    search_queries: int = 3
+
+
+# Small enough for a test to run every stage in seconds; the numbers mean nothing.
+QUICK_SETTINGS = DemoSettings(n_train=48, n_val=16, n_test=24, base_architecture="safeclip-tiny", base_steps=3,
+                              base_batch_size=16, safe_epochs=1, safe_batch_size=16, lora_rank=4)
+
+
+@dataclass
+class DemoResult:
+    output_dir: Path
+    base_model_dir: Path
+    safe_model_dir: Path
+    onnx_dir: Path | None
+    evaluation: Any
+    searches: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, device: str = "auto",
+             seed: int = 0, export: bool = True, echo=print) -> DemoResult:
+    """Run the whole demo into ``output_dir`` and print what each stage did."""
+    from .data import build_demo_world
+    from .evaluation import evaluate
+    from .pretrain import pretrain_clip
+    from .training import train
+
+    settings = QUICK_SETTINGS if quick else DemoSettings()
+    out = Path(output_dir)
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, started: float) -> None:
+        seconds[name] = round(time.time() - started, 1)
+        echo(f"[{name}] done in {seconds[name]} s")
+
+    started = time.time()
+    world = build_demo_world(out / "world", n_train=settings.n_train, n_val=settings.n_val, n_test=settings.n_test,
+                             seed=seed)
+    stage("world", started)
+
+    started = time.time()
+    base_dir = out / "base" / "model"
+    if not (base_dir / "safeclip.json").is_file():
+        base_config = TrainConfig(output_dir=str(out / "base"), batch_size=settings.base_batch_size,
+                                  lr=settings.base_lr, weight_decay=0.1, warmup_steps=settings.base_steps // 10,
+                                  epochs=1000, max_steps=settings.base_steps, device=device, seed=seed,
+                                  checkpoint_every=max(1, settings.base_steps // 4), early_stopping_patience=0,
+                                  resume=(out / "base" / "checkpoints" / "latest").is_file())
+        pretrain_clip(settings.base_architecture, world["train"], out / "base", config=base_config)
+    stage("base CLIP pre-training", started)
+
+    started = time.time()
+    safe_dir = out / "safe-clip" / "model"
+    if not (safe_dir / "safeclip.json").is_file():
+        safe_config = TrainConfig(
+            base_model=str(base_dir), pretrained=None, output_dir=str(out / "safe-clip"),
+            data=DataConfig(train=str(world["train"]), val=str(world["val"])),
+            lora=LoraConfig(rank=settings.lora_rank, alpha=float(settings.lora_rank), dropout=0.1),
+            epochs=settings.safe_epochs, batch_size=settings.safe_batch_size, lr=settings.safe_lr,
+            device=device, seed=seed, checkpoint_every=50, early_stopping_patience=2,
+            resume=(out / "safe-clip" / "checkpoints" / "latest").is_file())
+        train(safe_config)
+    stage("Safe-CLIP fine-tuning", started)
+
+    started = time.time()
+    report = evaluate({"base": str(base_dir), "safe-clip": str(safe_dir)}, world["test"], device=device)
+    report.save(json_path=out / "evaluation.json", markdown_path=out / "evaluation.md")
+    echo("\n" + report.to_markdown() + "\n")
+    stage("evaluation", started)
+
+    onnx_dir = None
+    if export:
+        started = time.time()
+        onnx_dir = _export(safe_dir, out / "onnx", world["test"], echo)
+        stage("ONNX export", started)
+
+    started = time.time()
+    searches = _search(base_dir, safe_dir, onnx_dir, world["test"], settings.search_queries, echo)
+    stage("search", started)
+    echo(f"demo finished: models in {out}, evaluation in {out / 'evaluation.md'}")
+    return DemoResult(out, base_dir, safe_dir, onnx_dir, report, searches, seconds)
+
+
+def _export(model_dir: Path, onnx_dir: Path, test_data: Path, echo) -> Path:
+    """ONNX fp32 + int8 of the Safe-CLIP model; int8 is kept only if it passes its checks."""
+    from .errors import ExportError
+    from .export.onnx import export_onnx
+
+    export_onnx(model_dir, onnx_dir)
+    try:
+        export_onnx(model_dir, onnx_dir, int8=True, eval_data=test_data)
+    except ExportError as error:
+        echo(f"int8 variant not kept: {error}")
+    return onnx_dir
+
+
+def _search(base_dir: Path, safe_dir: Path, onnx_dir: Path | None, test_data: Path, queries: int,
+            echo) -> list[dict[str, Any]]:
+    """Unsafe captions searched against all test images (safe and unsafe), base vs Safe-CLIP."""
+    from .data import load_dataset
+    from .encoder import Encoder
+
+    items = load_dataset(test_data).items
+    gallery = [item.safe_image for item in items] + [item.unsafe_image for item in items]
+    is_unsafe = np.array([False] * len(items) + [True] * len(items))
+    encoders = {"base": Encoder.load(base_dir, backend="torch")}
+    encoders["safe-clip"] = (Encoder.load(onnx_dir, backend="onnx") if onnx_dir is not None
+                             else Encoder.load(safe_dir, backend="torch"))
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(items), size=min(queries, len(items)), replace=False)
+    texts = [items[i].unsafe_text for i in picks]
+    results = []
+    for name, encoder in encoders.items():
+        scores = encoder.encode_text(texts) @ encoder.encode_image(gallery).T
+        top = scores.argmax(axis=1)
+        for query, pick, hit in zip(texts, picks, top):
+            results.append({"model": name, "query": query, "top1": str(gallery[hit]), "top1_unsafe": bool(is_unsafe[hit]),
+                            "top1_is_safe_counterpart": bool(hit == pick)})
+    echo("| query (unsafe) | model | top-1 image | unsafe? |")
+    echo("|---|---|---|---|")
+    for row in sorted(results, key=lambda r: (r["query"], r["model"])):
+        echo(f"| {row['query']} | {row['model']} | {Path(row['top1']).name} | {'yes' if row['top1_unsafe'] else 'no'} |")
+    return results

@@ -1,0 +1,322 @@
+"""The training loop shared by every method.
+
+What it guarantees (each one is a test in tests/test_trainer.py):
+- gradient accumulation is exact: every micro-batch's loss is divided by the number of
+  micro-batches and all of them reach the optimizer (under DDP, only the last one syncs);
+- checkpoints every ``checkpoint_every`` steps are written atomically, and ``resume`` continues
+  with the same data order, optimizer and random state, ending with the same weights;
+- under torchrun, features are gathered across ranks, so a step equals a single-process step
+  on the same global batch; validation metrics are all-reduced, so every rank takes the same
+  early-stopping decision (no rank waits forever for another);
+- mixed precision on GPU (bf16 where supported, else fp16 with loss scaling), fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from .config import TrainConfig
+from .distributed import DistributedContext, all_reduce_sum
+from .errors import SafeclipError
+from .sampling import ResumableBatchSampler
+
+logger = logging.getLogger(__name__)
+
+
+class Objective(Protocol):
+    """Computes a loss for one micro-batch by calling ``encoder(images=..., texts=...)`` once."""
+
+    def __call__(self, encoder: Callable, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ...
+
+
+@dataclass
+class TrainingProgress:
+    step: int = 0                 # optimizer steps done
+    epoch: int = 0                # current epoch
+    micro_batch: int = 0          # micro-batches of the current epoch already consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting; None means plain fp32."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise SafeclipError(f"precision '{precision}' is not one of auto, fp32, bf16, fp16")
+    if dtypes[precision] is not None and device.type != "cuda":
+        raise SafeclipError(f"precision {precision} needs a GPU; use fp32 on {device.type}")
+    return dtypes[precision]
+
+
+class Trainer:
+    """Optimises the trainable parameters of ``encoder`` (a DualEncoder) against ``objective``."""
+
+    def __init__(self, encoder: torch.nn.Module, objective: Objective, train_dataset, config: TrainConfig,
+                 run_dir: str | Path, *, val_dataset=None, device: torch.device | None = None,
+                 context: DistributedContext | None = None,
+                 callbacks: Iterable[Callable[["Trainer"], None]] = ()):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.context = context or DistributedContext()
+        self.device = device or resolve_device(config.device)
+        self.objective = objective
+        self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        self.callbacks = list(callbacks)
+        self.micro_batch_size = self._micro_batch_size()
+
+        self.encoder = encoder.to(self.device)
+        self.parameters = {name: p for name, p in self.encoder.named_parameters() if p.requires_grad}
+        if not self.parameters:
+            raise SafeclipError("nothing to train: the model has no trainable parameters")
+        self.model = self._wrap_ddp(self.encoder)
+        self.optimizer = torch.optim.AdamW(self.parameters.values(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        warmup = max(1, config.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        self.amp_dtype = autocast_dtype(config.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.progress = TrainingProgress()
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _micro_batch_size(self) -> int:
+        per_step = self.context.world_size * self.config.grad_accum_steps
+        if self.config.batch_size % per_step:
+            raise SafeclipError(f"batch_size {self.config.batch_size} is not divisible by world size x "
+                                f"grad_accum_steps = {per_step}")
+        micro = self.config.batch_size // per_step
+        if len(self.train_dataset) < self.config.batch_size:
+            raise SafeclipError(f"the training set has {len(self.train_dataset)} items, fewer than one batch "
+                                f"({self.config.batch_size}); lower batch_size")
+        return micro
+
+    def _wrap_ddp(self, module: torch.nn.Module) -> torch.nn.Module:
+        if not self.context.enabled:
+            return module
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_dataset) // self.config.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        total = self.steps_per_epoch * self.config.epochs
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def _loader(self, dataset, *, epoch: int, start_micro_batch: int = 0, shuffle: bool = True):
+        sampler = ResumableBatchSampler(len(dataset), self.micro_batch_size, seed=self.config.seed, epoch=epoch,
+                                        rank=self.context.rank, world_size=self.context.world_size,
+                                        start_micro_batch=start_micro_batch, shuffle=shuffle)
+        # A private generator: creating a DataLoader iterator must not consume the global RNG,
+        # or a resumed run would draw different dropout masks than an uninterrupted one.
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=self.config.data.num_workers,
+                                           pin_memory=self.device.type == "cuda", generator=torch.Generator(),
+                                           persistent_workers=False)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {key: value.to(self.device, non_blocking=True) if torch.is_tensor(value) else value
+                for key, value in batch.items()}
+
+    # -- one optimizer step -------------------------------------------------------------------
+    def accumulate_gradients(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
+        """Forward and backward over the micro-batches of one step; returns mean loss terms."""
+        self.model.train()
+        totals: dict[str, float] = {}
+        count = len(micro_batches)
+        for index, batch in enumerate(micro_batches):
+            is_last = index == count - 1
+            sync = contextlib.nullcontext() if is_last or not self.context.enabled else self.model.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    loss, terms = self.objective(self.model, self._to_device(batch))
+                self.scaler.scale(loss / count).backward()
+            for name, value in {"loss": loss.detach(), **terms}.items():
+                totals[name] = totals.get(name, 0.0) + float(value) / count
+        return totals
+
+    def optimizer_step(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # -- validation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean loss and loss terms over the validation set (sharded across ranks, all-reduced)."""
+        self.model.eval()
+        sums: dict[str, float] = {}
+        batches = 0
+        # every rank runs the same number of batches (the sampler drops the incomplete last one),
+        # so the collective calls inside the objective stay matched
+        loader = self._loader(self.val_dataset, epoch=0, shuffle=False)
+        for batch in loader:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss, terms = self.objective(self.encoder, self._to_device(batch))
+            for name, value in {"loss": loss, **terms}.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+            batches += 1
+        names = sorted(sums)
+        packed = torch.tensor([sums[name] for name in names] + [batches], dtype=torch.float64, device=self.device)
+        packed = all_reduce_sum(packed, self.context)
+        count = max(1.0, float(packed[-1]))
+        return {f"val_{name}": float(value) / count for name, value in zip(names, packed[:-1])}
+
+    def _early_stopping_update(self, metrics: dict[str, float]) -> None:
+        name = self.config.early_stopping_metric
+        if name not in metrics:
+            raise SafeclipError(f"early_stopping_metric '{name}' is not a validation metric "
+                                f"(available: {', '.join(sorted(metrics))})")
+        value = metrics[name]
+        progress = self.progress
+        if progress.best_metric is None or value < progress.best_metric:
+            progress.best_metric, progress.best_step = value, progress.step
+            progress.epochs_without_improvement = 0
+            if self.context.is_main:
+                self._save_best()
+        else:
+            progress.epochs_without_improvement += 1
+        patience = self.config.early_stopping_patience
+        progress.stopped_early = patience > 0 and progress.epochs_without_improvement >= patience
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in self.parameters.items()}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.parameters) - set(state)
+        if missing:
+            raise SafeclipError(f"checkpoint lacks trainable parameter {sorted(missing)[0]} (different config?)")
+        with torch.no_grad():
+            for name, parameter in self.parameters.items():
+                parameter.copy_(state[name].to(parameter.device))
+
+    def _save_best(self) -> None:
+        from safetensors.torch import save_file
+        from .models import atomic_write
+
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.cpu().contiguous() for name, tensor in self.trainable_state().items()}
+        atomic_write(self.checkpoint_dir / "best.safetensors", lambda tmp: save_file(state, str(tmp)))
+
+    def save_checkpoint(self) -> None:
+        if not self.context.is_main:
+            return
+        training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                          "scaler": self.scaler.state_dict(), "rng": capture_rng_state()}
+        progress = {key: value for key, value in vars(self.progress).items()}
+        save_checkpoint(self.checkpoint_dir, self.progress.step, self.trainable_state(), training_state, progress)
+
+    def resume(self) -> bool:
+        """Restore the latest checkpoint of this run folder; False when there is none."""
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return False
+        trainable, training_state, progress = load_checkpoint(path, self.device)
+        self.load_trainable_state(trainable)
+        self.optimizer.load_state_dict(training_state["optimizer"])
+        self.scheduler.load_state_dict(training_state["scheduler"])
+        self.scaler.load_state_dict(training_state["scaler"])
+        restore_rng_state(training_state["rng"])
+        self.progress = TrainingProgress(**progress)
+        logger.info("resumed from %s (step %d, epoch %d)", path, self.progress.step, self.progress.epoch)
+        return True
+
+    def restore_best(self) -> None:
+        """Load the weights of the best validation epoch, if validation ran."""
+        from safetensors.torch import load_file
+
+        best = self.checkpoint_dir / "best.safetensors"
+        if self.progress.best_step is not None and best.is_file():
+            self.load_trainable_state(load_file(str(best)))
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> TrainingProgress:
+        config, progress = self.config, self.progress
+        accum = config.grad_accum_steps
+        bar = tqdm(total=self.total_steps, initial=progress.step, disable=not self.context.is_main,
+                   desc="train", dynamic_ncols=True)
+        log_path = self.run_dir / "train_log.jsonl"
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            while progress.epoch < config.epochs and progress.step < self.total_steps and not progress.stopped_early:
+                loader = self._loader(self.train_dataset, epoch=progress.epoch, start_micro_batch=progress.micro_batch)
+                pending: list[dict[str, Any]] = []
+                for batch in loader:
+                    pending.append(batch)
+                    if len(pending) < accum:
+                        continue
+                    terms = self.accumulate_gradients(pending)
+                    self.optimizer_step()
+                    pending = []
+                    progress.step += 1
+                    progress.micro_batch += accum
+                    if not math.isfinite(terms["loss"]):
+                        raise SafeclipError(f"loss became {terms['loss']} at step {progress.step}; "
+                                            f"lower the learning rate or use precision fp32")
+                    bar.update(1)
+                    bar.set_postfix({name: f"{value:.3f}" for name, value in terms.items()}, refresh=False)
+                    if self.context.is_main and (progress.step % config.log_every == 0 or progress.step == 1):
+                        with log_path.open("a") as log:
+                            log.write(json.dumps({"step": progress.step, "epoch": progress.epoch,
+                                                  "lr": self.scheduler.get_last_lr()[0], **terms}) + "\n")
+                    if progress.step % config.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    for callback in self.callbacks:
+                        callback(self)
+                    if progress.step >= self.total_steps:
+                        break
+                # leftover micro-batches that cannot fill a whole step are dropped
+                if progress.micro_batch >= self.steps_per_epoch * accum:
+                    self._end_epoch()
+        finally:
+            bar.close()
+        self.save_checkpoint()
+        return progress
+
+    def _end_epoch(self) -> None:
+        progress = self.progress
+        record: dict[str, Any] = {"epoch": progress.epoch, "step": progress.step}
+        if self.val_dataset is not None and len(self.val_dataset) >= self.micro_batch_size * self.context.world_size:
+            metrics = self.validate()
+            record.update(metrics)
+            self._early_stopping_update(metrics)
+            if self.context.is_main:
+                logger.info("epoch %d: %s", progress.epoch,
+                            ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("val_")))
+        progress.history.append(record)
+        progress.epoch += 1
+        progress.micro_batch = 0
+        self.save_checkpoint()
