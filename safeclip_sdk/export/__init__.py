@@ -1,0 +1,16 @@
+"""Exports of a safeclip model: ONNX encoders (fp32/fp16/int8) with a manifest, TensorRT engines,
+and Hugging Face CLIPModel folders."""
+
+from .hf import export_hf
+from .manifest import Manifest, file_sha256, load_manifest
+from .onnx import export_onnx
+from .tensorrt import build_tensorrt_engines
+
+__all__ = [
+    "Manifest",
+    "build_tensorrt_engines",
+    "export_hf",
+    "export_onnx",
+    "file_sha256",
+    "load_manifest",
+]
