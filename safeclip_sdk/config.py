@@ -111,8 +111,25 @@ def _build(cls, values: dict[str, Any], prefix: str):
         elif isinstance(default, dict) and isinstance(value, dict):
             kwargs[name] = {**default, **value}  # e.g. loss.weights: set only the terms you change
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, default, known[name].type, f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, annotation: str, key: str) -> Any:
+    """Numbers as their field's type: YAML 1.1 reads ``1e-4`` as a string, users type it anyway."""
+    if default is None and annotation in ("int | None", "float | None"):
+        default = 0 if annotation.startswith("int") else 0.0
+    if isinstance(default, bool) or value is None or not isinstance(default, (int, float)):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SafeclipError(f"config key '{key}' must be a number, got {value!r}") from None
+    if isinstance(default, int):
+        if not number.is_integer():
+            raise SafeclipError(f"config key '{key}' must be a whole number, got {value!r}")
+        return int(number)
+    return number
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
