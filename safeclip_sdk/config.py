@@ -53,7 +53,8 @@ class LossConfig:
 class DataConfig:
     train: str = ""
     val: str | None = None
-    # ViSU: the COCO root holding train2017/ and val2017/; JSONL: ignored (paths are in the file)
+    # ViSU: the COCO root holding train2017/ and val2017/; JSONL: the folder relative image paths
+    # start from (default: the JSONL file's folder)
     image_root: str | None = None
     unsafe_image_root: str | None = None
     skip_bad: bool = False

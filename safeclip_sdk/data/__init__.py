@@ -1,0 +1,21 @@
+"""Datasets of safe/unsafe quadruplets: ViSU-Text, a generic JSONL format, and a generated demo world."""
+
+from .categories import CATEGORIES, COARSE_GROUPS, coarse_group, normalize_category
+from .demo_world import build_demo_world
+from .loading import load_dataset
+from .quadruplets import BadRow, Quadruplet, QuadrupletSet
+from .torch_dataset import ImageTextPairs, QuadrupletDataset
+
+__all__ = [
+    "BadRow",
+    "CATEGORIES",
+    "COARSE_GROUPS",
+    "ImageTextPairs",
+    "Quadruplet",
+    "QuadrupletDataset",
+    "QuadrupletSet",
+    "build_demo_world",
+    "coarse_group",
+    "load_dataset",
+    "normalize_category",
+]
