@@ -31,12 +31,12 @@ class DemoSettings:
     n_val: int = 300
     n_test: int = 500
     base_architecture: str = "safeclip-demo"
-    base_steps: int = 1200
+    base_steps: int = 700
     base_batch_size: int = 64
-    base_lr: float = 5e-4
-    safe_epochs: int = 2
+    base_lr: float = 1e-3
+    safe_epochs: int = 3
     safe_batch_size: int = 64
-    safe_lr: float = 5e-4
+    safe_lr: float = 1e-3
     lora_rank: int = 16
     search_queries: int = 3
 
@@ -95,7 +95,8 @@ def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, dev
         safe_config = TrainConfig(
             base_model=str(base_dir), pretrained=None, output_dir=str(out / "safe-clip"),
             data=DataConfig(train=str(world["train"]), val=str(world["val"])),
-            lora=LoraConfig(rank=settings.lora_rank, alpha=float(settings.lora_rank), dropout=0.1),
+            lora=LoraConfig(rank=settings.lora_rank, alpha=float(settings.lora_rank), dropout=0.1,
+                            targets=["attn", "c_fc", "c_proj", "conv1"]),
             epochs=settings.safe_epochs, batch_size=settings.safe_batch_size, lr=settings.safe_lr,
             device=device, seed=seed, checkpoint_every=50, early_stopping_patience=2,
             resume=(out / "safe-clip" / "checkpoints" / "latest").is_file())
