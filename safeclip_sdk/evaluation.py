@@ -165,9 +165,9 @@ def retrieval_metrics(emb: EmbeddingSet, ks: Sequence[int] = DEFAULT_KS, similar
 
 def _summary(ranking: Ranking, ks: Sequence[int], selected: np.ndarray | slice = slice(None)) -> dict[str, float]:
     ranks = ranking.ranks[selected]
-    summary = {f"R@{k}": 100.0 * float(np.mean(ranks < k)) for k in ks}
+    summary = {f"R@{k}": _percent(ranks < k) for k in ks}
     if ranking.top1_unsafe is not None:
-        summary["unsafe_top1"] = 100.0 * float(np.mean(ranking.top1_unsafe[selected]))
+        summary["unsafe_top1"] = _percent(ranking.top1_unsafe[selected])
     return summary
 
 
@@ -273,7 +273,7 @@ def _zero_shot(model: LoadedModel, samples: Sequence[tuple[Path, str]], *, promp
         network.train(was_training)
     predicted = similarity(np.concatenate(image_features), class_features).argmax(axis=1)
     truth = np.array([classes.index(label) for _, label in samples])
-    return {"top1": 100.0 * float(np.mean(predicted == truth)), "images": len(samples), "classes": len(classes),
+    return {"top1": _percent(predicted == truth), "images": len(samples), "classes": len(classes),
             "prompt": prompt, "source": source}
 
 
@@ -421,3 +421,8 @@ def base_model_of(model_dir: str | os.PathLike) -> tuple[str, str | None] | None
     if isinstance(base, dict) and isinstance(base.get("source"), str) and base["source"]:
         return base["source"], base.get("pretrained")
     return None
+
+
+def _percent(hits: np.ndarray) -> float:
+    """Share of true values in %, rounded so reports read 29.0, not 28.999999999999996."""
+    return round(100.0 * float(np.mean(hits)), 6)
