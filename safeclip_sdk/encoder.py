@@ -140,6 +140,16 @@ class Encoder:
                    tokenizer=tokenizer, context_length=int(text["context_length"]),
                    providers=getattr(runtime, "providers", None), **options)
 
+    # --- model only: already preprocessed inputs ---
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed preprocessed pixels (float32 [B, 3, H, W], as ``preprocess_image`` makes them)."""
+        return _unit_rows(self._runtime.encode_pixels(np.ascontiguousarray(pixels, dtype=np.float32)))
+
+    def encode_input_ids(self, input_ids: np.ndarray) -> np.ndarray:
+        """Embed tokenised texts (int64 [B, context_length])."""
+        return _unit_rows(self._runtime.encode_tokens(np.ascontiguousarray(input_ids, dtype=np.int64)))
+
     # --- text ---
 
     def encode_text(self, texts: Sequence[str], *, batch_size: int | None = None,

@@ -303,3 +303,12 @@ def test_tensorrt_backend_without_tensorrt_says_what_to_install(onnx_export, tmp
     manifest.save(copy)
     with pytest.raises(ModelLoadError, match=r"needs NVIDIA TensorRT's Python package \(pip install tensorrt"):
         Encoder.load(copy, backend="tensorrt")
+
+
+def test_model_only_methods_match_the_full_path(tiny_model_dir):
+    encoder = Encoder.load(tiny_model_dir, backend="torch", device="cpu")
+    image = Image.new("RGB", (80, 64), (200, 30, 30))
+    pixels = preprocess_image(image, encoder.image_cfg)[None]
+    np.testing.assert_allclose(encoder.encode_pixels(pixels), encoder.encode_image([image]), atol=1e-6)
+    ids = np.asarray(encoder.tokenizer(["a red car"], context_length=encoder.context_length), dtype=np.int64)
+    np.testing.assert_allclose(encoder.encode_input_ids(ids), encoder.encode_text(["a red car"]), atol=1e-6)

@@ -1,0 +1,265 @@
+"""Safe-CLIP training throughput and peak memory: the real trainer step on synthetic quadruplets.
+
+    python benchmarks/bench_training.py                                   # tiny + ViT-B-32, this machine
+    python benchmarks/bench_training.py --models ViT-B-32 --batch-size 64 --json bench/train.json
+
+For each model (random init, nothing is downloaded) the script builds what ``safeclip train``
+builds: LoRA rank 16 on both towers (safeclip_sdk.lora.apply_lora), the FrozenReference,
+SafeClipLoss, SafeClipObjective and the Trainer, and feeds it one in-memory batch of random
+quadruplets (pixels at the model's image size, token ids ending in an end-of-text token). The
+time of one step is ``Trainer.accumulate_gradients`` + ``Trainer.optimizer_step``: no data
+loading. Throughput is quadruplets per second, the median of ``--repeats`` runs of ``--steps``
+steps after ``--warmup`` steps.
+
+In the same runs it times the base model's forward pass (no grad) on the batch's safe images
+and safe texts: the cost of embedding B image-text pairs. ``step / forward`` is what Safe-CLIP
+training costs on top of inference: the trainable forward over both safe and unsafe inputs, its
+backward through the LoRA adapters, the frozen reference pass and the optimizer.
+
+Each model runs in a fresh subprocess so peak memory is its own: on CPU, the growth of the peak
+resident set (ru_maxrss) over the process's size after imports; on CUDA,
+``torch.cuda.max_memory_allocated`` (weights, reference copy, optimizer state and activations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import (current_rss_bytes, describe_machine, format_rate, machine_info, markdown_table,
+                    peak_rss_bytes, summarize, write_json)
+
+DEFAULT_MODELS = ["safeclip-tiny", "ViT-B-32"]
+LORA_RANK = 16
+# (batch size, timed steps per repeat) on CPU: the tiny model is cheap, anything else is not
+CPU_DEFAULTS = {"safeclip-tiny": (32, 20)}
+CPU_LARGE_MODEL_DEFAULTS = (8, 3)
+GPU_DEFAULTS = (128, 20)  # TrainConfig's default batch size
+START_OF_TEXT, END_OF_TEXT = 49406, 49407
+CAPTION_TOKENS = 12  # random tokens between start and end of text; the rest is padding
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS,
+                        help="open_clip architectures or safeclip configs, built with random weights")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="quadruplets per step (default on CPU: 32 for safeclip-tiny, 8 for other models; "
+                             "on CUDA: 128)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per repeat (default on CPU: 20 for safeclip-tiny, 3 for other models; "
+                             "on CUDA: 20)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported (default 5)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    parser.add_argument("--precision", default="auto",
+                        help="the trainer's precision: auto (bf16/fp16 autocast on CUDA, fp32 on CPU), "
+                             "fp32, bf16 or fp16")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch intra-op threads (default: all cores)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: measure one model
+    parser.add_argument("--worker-output", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "steps", "warmup", "repeats", "threads"):
+        value = getattr(args, name)
+        minimum = 0 if name == "warmup" else 1
+        if value is not None and value < minimum:
+            parser.error(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+    return args
+
+
+def defaults_for(model: str, device_type: str) -> tuple[int, int]:
+    if device_type == "cuda":
+        return GPU_DEFAULTS
+    return CPU_DEFAULTS.get(model, CPU_LARGE_MODEL_DEFAULTS)
+
+
+# --- the measurement, run in a subprocess per model -------------------------------------------------
+
+def synthetic_batch(batch_size: int, image_size: int, context_length: int, seed: int = 0) -> dict[str, Any]:
+    """One collated batch of random quadruplets, shaped like QuadrupletDataset's."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(2, batch_size, 3, image_size, image_size, generator=generator)
+    tokens = torch.zeros(2, batch_size, context_length, dtype=torch.long)
+    length = min(CAPTION_TOKENS, context_length - 2)
+    tokens[:, :, 0] = START_OF_TEXT
+    tokens[:, :, 1:1 + length] = torch.randint(1, START_OF_TEXT, (2, batch_size, length), generator=generator)
+    tokens[:, :, 1 + length] = END_OF_TEXT
+    return {"safe_image": pixels[0], "unsafe_image": pixels[1], "safe_text": tokens[0], "unsafe_text": tokens[1]}
+
+
+def measure_model(model_name: str, *, batch_size: int, steps: int, warmup: int, repeats: int, device_name: str,
+                  precision: str, threads: int) -> dict[str, Any]:
+    """Throughput of the Safe-CLIP step and of the base forward pass, and peak memory, for one model."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from safeclip_sdk.config import LoraConfig, TrainConfig
+    from safeclip_sdk.distributed import DistributedContext
+    from safeclip_sdk.lora import DualEncoder, FrozenReference, apply_lora, trainable_parameter_count
+    from safeclip_sdk.losses import SafeClipLoss
+    from safeclip_sdk.models import load_model, open_clip_module
+    from safeclip_sdk.trainer import Trainer, resolve_device
+    from safeclip_sdk.training import SafeClipObjective
+
+    open_clip_module()  # imported before the baseline, so its import does not count as the model's memory
+    torch.set_num_threads(threads)
+    device = resolve_device(device_name)
+    rss_after_imports = current_rss_bytes()
+
+    torch.manual_seed(0)
+    base = load_model(model_name, pretrained=None, device=device)
+    reference = FrozenReference(base.model)
+    peft_model = apply_lora(base.model, LoraConfig(rank=LORA_RANK, alpha=float(LORA_RANK), towers="both"))
+    trainable, total = trainable_parameter_count(peft_model)
+    batch = synthetic_batch(batch_size, base.image_size, base.context_length)
+
+    with tempfile.TemporaryDirectory(prefix="safeclip-bench-") as run_dir:
+        config = TrainConfig(base_model=model_name, pretrained=None, output_dir=run_dir, batch_size=batch_size,
+                             device=device.type, precision=precision)
+        objective = SafeClipObjective(reference, SafeClipLoss(config.loss), DistributedContext(),
+                                      train_image_tower=True)
+        # the trainer only needs the dataset's length here: the timed steps take the batch directly
+        trainer = Trainer(DualEncoder(peft_model), objective, [batch] * batch_size, config, run_dir, device=device)
+        batch = {key: tensor.to(device) for key, tensor in batch.items()}  # the copy is data loading, not the step
+        autocast = dict(device_type=device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None)
+
+        def synchronize() -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        def safe_clip_step() -> float:
+            terms = trainer.accumulate_gradients([batch])
+            trainer.optimizer_step()
+            return terms["loss"]
+
+        def base_forward() -> None:
+            with torch.autocast(**autocast):
+                reference.encode_image(batch["safe_image"])
+                reference.encode_text(batch["safe_text"])
+
+        def seconds_per_call(run) -> float:
+            synchronize()
+            started = time.perf_counter()
+            for _ in range(steps):
+                run()
+            synchronize()
+            return (time.perf_counter() - started) / steps
+
+        for _ in range(warmup):
+            safe_clip_step()
+            base_forward()
+        step_seconds, forward_seconds = [], []
+        for _ in tqdm(range(repeats), desc=f"{model_name} b{batch_size}", unit="repeat", leave=False):
+            # alternated within each repeat, so a change of machine load hits both sides of the ratio
+            forward_seconds.append(seconds_per_call(base_forward))
+            step_seconds.append(seconds_per_call(safe_clip_step))
+        last_loss = safe_clip_step()
+
+    result = {
+        "model": model_name, "device": str(device), "precision": precision,
+        "amp_dtype": str(trainer.amp_dtype).removeprefix("torch.") if trainer.amp_dtype else "fp32",
+        "batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats, "threads": threads,
+        "image_size": base.image_size, "context_length": base.context_length,
+        "parameters": total - trainable, "lora_parameters": trainable, "lora_rank": LORA_RANK,
+        "step_seconds": summarize(step_seconds),
+        "forward_seconds": summarize(forward_seconds),
+        "samples_per_second": summarize([batch_size / seconds for seconds in step_seconds]),
+        "step_over_forward": summarize([s / f for s, f in zip(step_seconds, forward_seconds)]),
+        "final_loss": last_loss,
+        "rss_after_imports_bytes": rss_after_imports,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+    result["peak_rss_growth_bytes"] = result["peak_rss_bytes"] - rss_after_imports
+    if device.type == "cuda":
+        result["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    return result
+
+
+# --- orchestration -----------------------------------------------------------------------------------
+
+def run_in_subprocess(model: str, args: argparse.Namespace, device_type: str) -> dict[str, Any]:
+    """Measure ``model`` in a fresh Python process, so its peak memory is not mixed with another's."""
+    default_batch, default_steps = defaults_for(model, device_type)
+    with tempfile.TemporaryDirectory(prefix="safeclip-bench-") as scratch:
+        output = Path(scratch) / "result.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", model, "--worker-output", str(output),
+                   "--batch-size", str(args.batch_size or default_batch), "--steps", str(args.steps or default_steps),
+                   "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--device", args.device,
+                   "--precision", args.precision, "--threads", str(args.threads)]
+        completed = subprocess.run(command, check=False)
+        if completed.returncode != 0 or not output.is_file():
+            raise SystemExit(f"measuring {model} failed (exit status {completed.returncode}); see the error above")
+        return json.loads(output.read_text())
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    mib = 2**20
+    results = report["results"]
+    on_cuda = any(result["device"].startswith("cuda") for result in results)
+    memory_header = "peak CUDA memory allocated (MiB)" if on_cuda else "peak RSS growth (MiB)"
+    rows = []
+    for result in results:
+        memory = result["cuda_max_allocated_bytes"] if "cuda_max_allocated_bytes" in result \
+            else result["peak_rss_growth_bytes"]
+        rows.append([
+            result["model"], f"{result['parameters'] / 1e6:.1f}M + {result['lora_parameters'] / 1e6:.2f}M LoRA",
+            result["batch_size"], result["amp_dtype"], format_rate(result["samples_per_second"]),
+            f"{1000 * result['step_seconds']['median']:.0f}", f"{1000 * result['forward_seconds']['median']:.0f}",
+            f"{result['step_over_forward']['median']:.1f}x", f"{memory / mib:.0f}",
+        ])
+    headers = ["model", "parameters", "batch", "precision", "Safe-CLIP step: quadruplets/s, median (min-max)",
+               "step ms", "base forward ms", "step / forward", memory_header]
+    first = results[0]
+    lines = [
+        "## Safe-CLIP training step", "",
+        describe_machine(report["machine"]), "",
+        markdown_table(headers, rows), "",
+        f"Median of {first['repeats']} repeats of the steps per row after {first['warmup']} warm-up steps; "
+        f"LoRA rank {LORA_RANK} on both towers, random weights, synthetic in-memory quadruplets. "
+        "`base forward` embeds the batch's safe images and safe texts with the frozen base model (no grad); "
+        "`step / forward` is the median of the per-repeat ratios.",
+    ]
+    steps = ", ".join(f"{result['model']}: {result['steps']} steps" for result in results)
+    end_load = ", ".join(f"{value:.2f}" for value in report["load_average_at_end"])
+    lines.append(f"Timed steps per repeat: {steps}. Load average when the run ended: {end_load}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        result = measure_model(args.worker, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                               repeats=args.repeats, device_name=args.device, precision=args.precision,
+                               threads=args.threads)
+        write_json(args.worker_output, result)
+        return
+
+    import torch
+
+    from safeclip_sdk.trainer import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device_type = resolve_device(args.device).type
+    machine = machine_info()
+    results = [run_in_subprocess(model, args, device_type) for model in args.models]
+    report = {"benchmark": "training", "machine": machine, "command": " ".join(sys.argv), "results": results,
+              "load_average_at_end": [round(value, 2) for value in os.getloadavg()]}
+    print(render_markdown(report))
+    if args.json:
+        write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    main()
