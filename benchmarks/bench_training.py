@@ -110,7 +110,8 @@ def measure_model(model_name: str, *, batch_size: int, steps: int, warmup: int, 
     from safeclip_sdk.lora import DualEncoder, FrozenReference, apply_lora, trainable_parameter_count
     from safeclip_sdk.losses import SafeClipLoss
     from safeclip_sdk.models import load_model, open_clip_module
-    from safeclip_sdk.trainer import Trainer, resolve_device
+    from safeclip_sdk.devices import resolve_device
+    from safeclip_sdk.trainer import Trainer
     from safeclip_sdk.training import SafeClipObjective
 
     open_clip_module()  # imported before the baseline, so its import does not count as the model's memory
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from safeclip_sdk.trainer import resolve_device
+    from safeclip_sdk.devices import resolve_device
 
     torch.set_num_threads(args.threads)
     device_type = resolve_device(args.device).type

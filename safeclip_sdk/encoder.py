@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from .devices import resolve_device
 from .errors import DataError, ModelLoadError
 from .images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, describe_item, load_image, preprocess_image
 
@@ -271,23 +272,13 @@ def _count_truncated(tokenizer, texts: list[str], context_length: int) -> int:
 
 # --- runtimes ---
 
-def _torch_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device '{device}' requested but torch sees no CUDA GPU")
-    return device
-
-
 class _TorchRuntime:
     def __init__(self, source, device: str, precision: str):
         import torch
 
         from .models import load_model
 
-        self.device = _torch_device(device)
+        self.device = str(resolve_device(device))
         if precision == "int8":
             raise ModelLoadError("backend 'torch' runs fp32 or fp16; int8 needs an ONNX export (backend 'onnx')")
         if precision == "fp16" and not self.device.startswith("cuda"):
@@ -398,7 +389,7 @@ class _TensorRTRuntime:
         except ImportError as error:
             raise ModelLoadError("backend 'tensorrt' needs NVIDIA TensorRT's Python package "
                                  "(pip install tensorrt, on a machine with an NVIDIA GPU and CUDA)") from error
-        self.device = _torch_device("cuda" if device == "auto" else device)
+        self.device = str(resolve_device("cuda" if device == "auto" else device))
         runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
         self.image = _TensorRTEngine(trt, runtime, folder / engines["image_encoder"]["file"],
                                      manifest.image["input"], manifest.image["output"], self.device)

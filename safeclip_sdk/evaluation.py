@@ -37,7 +37,7 @@ from .data.quadruplets import Quadruplet, QuadrupletSet
 from .data.torch_dataset import QuadrupletDataset, load_image
 from .errors import DataError, ModelLoadError, SafeclipError
 from .models import LoadedModel, atomic_write_text, load_model
-from .trainer import resolve_device
+from .devices import resolve_device
 
 Similarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``similarity(queries [Q, D], gallery [G, D]) -> [Q, G]`` scores; larger means closer."""

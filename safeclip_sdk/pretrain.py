@@ -17,7 +17,8 @@ from . import __version__
 from .config import TrainConfig, to_dict
 from .distributed import DistributedContext, gather_batch
 from .models import LoadedModel, load_model, save_model_dir
-from .trainer import Trainer, resolve_device
+from .devices import resolve_device
+from .trainer import Trainer
 
 
 class ClipObjective:

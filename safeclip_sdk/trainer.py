@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig
+from .devices import resolve_device
 from .distributed import DistributedContext, all_reduce_sum
 from .errors import SafeclipError
 from .sampling import ResumableBatchSampler
@@ -52,12 +53,6 @@ class TrainingProgress:
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -21,7 +21,8 @@ from .config import TrainConfig, load_config, save_config, to_dict
 from .distributed import DistributedContext, gather_batch, init_distributed, shutdown_distributed
 from .errors import SafeclipError
 from .models import LoadedModel, atomic_write_text, load_model, save_model_dir
-from .trainer import Trainer, TrainingProgress, resolve_device
+from .devices import resolve_device
+from .trainer import Trainer, TrainingProgress
 
 logger = logging.getLogger(__name__)
 

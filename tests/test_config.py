@@ -53,3 +53,17 @@ def test_numbers_in_yaml_exponent_form_and_bad_numbers():
         load_config(None, {"batch_size": 2.5})
     with pytest.raises(SafeclipError, match="'lora.rank' must be a number, got 'big'"):
         load_config(None, {"lora.rank": "big"})
+
+
+def test_device_settings_resolve_or_fail_in_one_line():
+    import torch
+
+    from safeclip_sdk.devices import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SafeclipError, match="device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(SafeclipError, match="torch sees no CUDA GPU"):
+            resolve_device("cuda:1")
