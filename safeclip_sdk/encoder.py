@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .devices import resolve_device
 from .errors import DataError, ModelLoadError
 from .images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, describe_item, load_image, preprocess_image
+from .spaces import EmbeddingSpace, cosine_space
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +69,13 @@ class Encoder:
 
     def __init__(self, runtime: _Runtime, *, backend: str, embed_dim: int, image_cfg: dict[str, Any],
                  tokenizer, context_length: int, batch_size: int = 32, providers: list[str] | None = None,
-                 num_workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 num_workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 space: EmbeddingSpace | None = None):
         self._runtime = runtime
         self.backend = backend
         self.embed_dim = int(embed_dim)
+        # how vectors are compared and stored in a vector database (see safeclip_sdk.spaces)
+        self.space = space or cosine_space(self.embed_dim)
         self.image_cfg = dict(image_cfg)
         self.tokenizer = tokenizer
         self.context_length = int(context_length)
