@@ -30,6 +30,7 @@ from .spaces import EmbeddingSpace, cosine_space
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "tensorrt")
+AUTO_BACKEND = "auto"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -99,7 +100,8 @@ class Encoder:
             path: for ``torch``, a model folder or any source ``safeclip_sdk.models.load_model``
                 accepts; for ``onnx`` and ``tensorrt``, an export folder with ``manifest.json``
                 (file hashes are verified).
-            backend: ``torch``, ``onnx`` or ``tensorrt``.
+            backend: ``torch``, ``onnx``, ``tensorrt``, or ``auto``: the fastest runtime ``path``
+                allows (see :func:`fastest_backend`).
             device: ``auto`` (GPU when one is usable), ``cpu`` or ``cuda``/``cuda:N``.
             precision: ``fp32``; ``fp16`` (torch on CUDA, or an exported fp16 variant);
                 ``int8`` (an exported int8 variant).
@@ -109,8 +111,10 @@ class Encoder:
             num_workers: threads decoding and preprocessing images.
             max_pixels: larger images are refused (decompression bomb guard, read from the header).
         """
+        if backend == AUTO_BACKEND:
+            backend = fastest_backend(path, device)
         if backend not in BACKENDS:
-            raise ModelLoadError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+            raise ModelLoadError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)}, {AUTO_BACKEND})")
         if precision not in PRECISIONS:
             raise ModelLoadError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
         if batch_size < 1:
@@ -240,6 +244,24 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"Encoder(backend={self.backend!r}, device={self.device!r}, embed_dim={self.embed_dim})"
+
+
+def fastest_backend(path: str | os.PathLike, device: str = "auto") -> str:
+    """``tensorrt`` for an export with engines on a GPU host that has TensorRT, ``onnx`` for any
+    other export folder (one with ``manifest.json``), ``torch`` for model folders and sources."""
+    import importlib.util
+
+    from .export.manifest import MANIFEST_NAME
+
+    folder = Path(path)
+    if not (folder / MANIFEST_NAME).is_file():
+        return "torch"
+    if device != "cpu" and importlib.util.find_spec("tensorrt") is not None and _gpu_present():
+        from .export.manifest import load_manifest
+
+        if load_manifest(folder, verify_hashes=False).tensorrt:
+            return "tensorrt"
+    return "onnx"
 
 
 def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
