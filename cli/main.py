@@ -17,6 +17,8 @@ SUBCOMMANDS = {
     "export": "export",
     "embed": "embed",
     "demo": "demo",
+    "reindex": "reindex",
+    "search": "search",
 }
 
 
