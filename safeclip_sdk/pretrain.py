@@ -15,23 +15,28 @@ import torch
 
 from . import __version__
 from .config import TrainConfig, to_dict
-from .distributed import DistributedContext, gather_batch
 from .models import LoadedModel, load_model, save_model_dir
 from .devices import resolve_device
 from .trainer import Trainer
 
 
 class ClipObjective:
-    def __init__(self, tau: float, context: DistributedContext):
-        self.tau, self.context = tau, context
+    """CLIP's symmetric contrastive loss between the image and the text of each pair."""
 
-    def __call__(self, encoder, batch: dict[str, Any]):
+    def __init__(self, tau: float):
+        self.tau = tau
+
+    def embed(self, encoder, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        image_features, text_features = encoder(images=batch["image"], texts=batch["text"])
+        return {"image": image_features, "text": text_features}
+
+    def fixed_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def loss(self, features: dict[str, torch.Tensor]):
         from .losses import contrastive_loss
 
-        image_features, text_features = encoder(images=batch["image"], texts=batch["text"])
-        loss = contrastive_loss(gather_batch(image_features, self.context),
-                                gather_batch(text_features, self.context), self.tau)
-        return loss, {}
+        return contrastive_loss(features["image"], features["text"], self.tau), {}
 
 
 def pretrain_clip(architecture: str, train_data: str | Path, output_dir: str | Path, *,
@@ -47,7 +52,7 @@ def pretrain_clip(architecture: str, train_data: str | Path, output_dir: str | P
     base.model.logit_scale.requires_grad_(False)  # fixed temperature; every other weight trains
     data = load_dataset(train_data)
     pairs = ImageTextPairs.from_quadruplets(data.items, base.preprocess, base.tokenizer, include_unsafe=True)
-    trainer = Trainer(DualEncoder(base.model), ClipObjective(tau, DistributedContext()), pairs, config,
+    trainer = Trainer(DualEncoder(base.model), ClipObjective(tau), pairs, config,
                       output_dir, device=device)
     if config.resume:
         trainer.resume()

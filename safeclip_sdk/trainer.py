@@ -29,17 +29,37 @@ from tqdm.auto import tqdm
 from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig
 from .devices import resolve_device
-from .distributed import DistributedContext, all_reduce_sum
+from .distributed import DistributedContext, all_reduce_sum, gather_batch
 from .errors import SafeclipError
 from .sampling import ResumableBatchSampler
 
 logger = logging.getLogger(__name__)
 
 
-class Objective(Protocol):
-    """Computes a loss for one micro-batch by calling ``encoder(images=..., texts=...)`` once."""
+Features = dict[str, torch.Tensor]
 
-    def __call__(self, encoder: Callable, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+
+class Objective(Protocol):
+    """A training method's loss, in the parts the trainer needs to accumulate it exactly.
+
+    Every feature is a tensor whose rows are the items of the batch, in batch order. The
+    trainer gathers each one across ranks and concatenates the micro-batches of an optimizer
+    step, so :meth:`loss` always sees the features of the whole global step.
+    """
+
+    def embed(self, encoder: Callable, batch: dict[str, Any]) -> Features:
+        """Features of one micro-batch from the model being trained: call
+        ``encoder(images=..., texts=...)`` exactly once (under DDP, gradients sync through it)."""
+        ...
+
+    def fixed_features(self, batch: dict[str, Any]) -> Features:
+        """Features that do not depend on the trained weights (e.g. a frozen reference model's);
+        computed once per micro-batch, without gradients."""
+        ...
+
+    def loss(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total loss, detached named terms) over the features of :meth:`embed` and
+        :meth:`fixed_features` together."""
         ...
 
 
@@ -144,6 +164,20 @@ class Trainer:
                 for key, value in batch.items()}
 
     # -- one optimizer step -------------------------------------------------------------------
+    def _gathered(self, features: Features) -> Features:
+        return {name: gather_batch(value, self.context) for name, value in features.items()}
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def step_loss(self, encoder: Callable, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective's loss on one (global) micro-batch."""
+        with torch.no_grad():
+            fixed = self._gathered(self.objective.fixed_features(batch))
+        with self._autocast():
+            features = self._gathered(self.objective.embed(encoder, batch))
+            return self.objective.loss({**features, **fixed})
+
     def accumulate_gradients(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
         """Forward and backward over the micro-batches of one step; returns mean loss terms."""
         self.model.train()
@@ -153,8 +187,7 @@ class Trainer:
             is_last = index == count - 1
             sync = contextlib.nullcontext() if is_last or not self.context.enabled else self.model.no_sync()
             with sync:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    loss, terms = self.objective(self.model, self._to_device(batch))
+                loss, terms = self.step_loss(self.model, self._to_device(batch))
                 self.scaler.scale(loss / count).backward()
             for name, value in {"loss": loss.detach(), **terms}.items():
                 totals[name] = totals.get(name, 0.0) + float(value) / count
@@ -177,8 +210,7 @@ class Trainer:
         # so the collective calls inside the objective stay matched
         loader = self._loader(self.val_dataset, epoch=0, shuffle=False)
         for batch in loader:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                loss, terms = self.objective(self.encoder, self._to_device(batch))
+            loss, terms = self.step_loss(self.encoder, self._to_device(batch))
             for name, value in {"loss": loss, **terms}.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
             batches += 1

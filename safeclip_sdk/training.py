@@ -18,7 +18,7 @@ import torch
 
 from . import __version__
 from .config import TrainConfig, load_config, save_config, to_dict
-from .distributed import DistributedContext, gather_batch, init_distributed, shutdown_distributed
+from .distributed import DistributedContext, init_distributed, shutdown_distributed
 from .errors import SafeclipError
 from .models import LoadedModel, atomic_write_text, load_model, save_model_dir
 from .devices import resolve_device
@@ -40,33 +40,37 @@ class TrainResult:
 
 
 class SafeClipObjective:
-    """Safe-CLIP's eight-term loss for one micro-batch (methods.md section 1)."""
+    """Safe-CLIP's eight-term loss (methods.md section 1) as a trainer Objective."""
 
-    def __init__(self, reference, loss, context: DistributedContext, *, train_image_tower: bool):
-        self.reference, self.loss, self.context = reference, loss, context
+    def __init__(self, reference, loss, *, train_image_tower: bool):
+        self.reference, self.loss_fn = reference, loss
         self.train_image_tower = train_image_tower
 
-    def __call__(self, encoder, batch: dict[str, Any]):
-        from .losses import SafeClipEmbeddings
-
-        safe_text, unsafe_text, safe_image = batch["safe_text"], batch["unsafe_text"], batch["safe_image"]
-        unsafe_image = batch.get("unsafe_image")
+    def embed(self, encoder, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """T(t), T(t*) and, when the image tower trains, V(v) and V(v*) (if the data has them)."""
+        safe_text, unsafe_text = batch["safe_text"], batch["unsafe_text"]
+        safe_image, unsafe_image = batch["safe_image"], batch.get("unsafe_image")
         n = safe_text.shape[0]
         images = None
         if self.train_image_tower:
             images = safe_image if unsafe_image is None else torch.cat([safe_image, unsafe_image])
         image_features, text_features = encoder(images=images, texts=torch.cat([safe_text, unsafe_text]))
-        with torch.no_grad():
-            ref_text, ref_image = self.reference.encode_text(safe_text), self.reference.encode_image(safe_image)
-        gather = lambda features: gather_batch(features, self.context)  # noqa: E731
-        embeddings = SafeClipEmbeddings(
-            text_safe=gather(text_features[:n]), text_unsafe=gather(text_features[n:]),
-            ref_text_safe=gather(ref_text), ref_image_safe=gather(ref_image),
-            image_safe=gather(image_features[:n]) if image_features is not None else None,
-            image_unsafe=gather(image_features[n:]) if image_features is not None and unsafe_image is not None
-            else None,
-        )
-        return self.loss(embeddings)
+        features = {"text_safe": text_features[:n], "text_unsafe": text_features[n:]}
+        if image_features is not None:
+            features["image_safe"] = image_features[:n]
+            if unsafe_image is not None:
+                features["image_unsafe"] = image_features[n:]
+        return features
+
+    def fixed_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """T0(t) and V0(v) from the frozen reference."""
+        return {"ref_text_safe": self.reference.encode_text(batch["safe_text"]),
+                "ref_image_safe": self.reference.encode_image(batch["safe_image"])}
+
+    def loss(self, features: dict[str, torch.Tensor]):
+        from .losses import SafeClipEmbeddings
+
+        return self.loss_fn(SafeClipEmbeddings(**features))
 
 
 def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> TrainResult:
@@ -120,8 +124,7 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
     def dataset(split):
         return QuadrupletDataset(split.items, base.preprocess, base.tokenizer, with_unsafe_images=with_unsafe_images)
 
-    objective = SafeClipObjective(reference, SafeClipLoss(config.loss), context,
-                                  train_image_tower=config.lora.towers == "both")
+    objective = SafeClipObjective(reference, SafeClipLoss(config.loss), train_image_tower=config.lora.towers == "both")
     trainer = Trainer(DualEncoder(peft_model), objective, dataset(train_set), config, run_dir,
                       val_dataset=dataset(val_set) if val_set is not None else None, device=device,
                       context=context)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from safeclip_sdk.config import LoraConfig, LossConfig, TrainConfig
-from safeclip_sdk.distributed import DistributedContext
 from safeclip_sdk.lora import DualEncoder, FrozenReference, apply_lora
 from safeclip_sdk.losses import SafeClipLoss
 from safeclip_sdk.models import load_model
@@ -35,15 +34,14 @@ class SyntheticQuadruplets(torch.utils.data.Dataset):
         return item
 
 
-def make_encoder_and_objective(*, lora_dropout=0.0, loss_weights=None, context=None, seed=0):
+def make_encoder_and_objective(*, lora_dropout=0.0, loss_weights=None, seed=0):
     """A tiny CLIP with LoRA on both towers, its frozen reference and the Safe-CLIP objective."""
     torch.manual_seed(seed)
     base = load_model("safeclip-tiny")
     reference = FrozenReference(base.model)
     peft_model = apply_lora(base.model, LoraConfig(rank=4, alpha=4.0, dropout=lora_dropout))
     loss_config = LossConfig() if loss_weights is None else LossConfig(weights=loss_weights)
-    objective = SafeClipObjective(reference, SafeClipLoss(loss_config), context or DistributedContext(),
-                                  train_image_tower=True)
+    objective = SafeClipObjective(reference, SafeClipLoss(loss_config), train_image_tower=True)
     return DualEncoder(peft_model), objective
 
 
