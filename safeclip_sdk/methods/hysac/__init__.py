@@ -1,0 +1,1 @@
+"""HySAC: safe and unsafe content in an entailment hierarchy in hyperbolic (Lorentz) space."""
