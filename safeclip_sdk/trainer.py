@@ -1,8 +1,9 @@
 """The training loop shared by every method.
 
 What it guarantees (each one is a test in tests/test_trainer.py):
-- gradient accumulation is exact: every micro-batch's loss is divided by the number of
-  micro-batches and all of them reach the optimizer (under DDP, only the last one syncs);
+- gradient accumulation is exact, contrastive terms included: ``grad_accum_steps`` micro-batches
+  give the gradient of one batch of their combined size (one extra forward per micro-batch;
+  under DDP, only the last backward syncs);
 - checkpoints every ``checkpoint_every`` steps are written atomically, and ``resume`` continues
   with the same data order, optimizer and random state, ending with the same weights;
 - under torchrun, features are gathered across ranks, so a step equals a single-process step
@@ -73,6 +74,15 @@ class TrainingProgress:
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _concatenated(parts: list[Features]) -> Features:
+    """Each feature of several micro-batches, concatenated in micro-batch order."""
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def _floats(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {"loss": float(loss.detach()), **{name: float(value) for name, value in terms.items()}}
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -179,19 +189,52 @@ class Trainer:
             return self.objective.loss({**features, **fixed})
 
     def accumulate_gradients(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
-        """Forward and backward over the micro-batches of one step; returns mean loss terms."""
+        """Forward and backward over the micro-batches of one step; returns the step's loss terms.
+
+        With one micro-batch this is a single forward and backward. With several, the gradient
+        is that of the loss over the whole step, contrastive negatives included: every
+        micro-batch is first embedded without gradients, then embedded again with gradients and
+        its fresh features take its place among the cached ones of the step, so each backward
+        contributes exactly its own items' share of the full-step gradient. The random state is
+        rewound before each recompute, so dropout draws the same masks as in the cached pass.
+        """
         self.model.train()
-        totals: dict[str, float] = {}
-        count = len(micro_batches)
-        for index, batch in enumerate(micro_batches):
-            is_last = index == count - 1
+        batches = [self._to_device(batch) for batch in micro_batches]
+        with torch.no_grad():
+            fixed = [self._gathered(self.objective.fixed_features(batch)) for batch in batches]
+        if len(batches) == 1:
+            with self._autocast():
+                features = self._gathered(self.objective.embed(self.model, batches[0]))
+                loss, terms = self.objective.loss({**features, **fixed[0]})
+            self.scaler.scale(loss).backward()
+            return _floats(loss, terms)
+
+        rng_states, cached = [], []
+        with torch.no_grad(), self._autocast():
+            for batch in batches:
+                rng_states.append(self._rng_state())
+                cached.append(self._gathered(self.objective.embed(self.encoder, batch)))
+        step_fixed = _concatenated(fixed)
+        for index, batch in enumerate(batches):
+            self._set_rng_state(rng_states[index])
+            is_last = index == len(batches) - 1
             sync = contextlib.nullcontext() if is_last or not self.context.enabled else self.model.no_sync()
             with sync:
-                loss, terms = self.step_loss(self.model, self._to_device(batch))
-                self.scaler.scale(loss / count).backward()
-            for name, value in {"loss": loss.detach(), **terms}.items():
-                totals[name] = totals.get(name, 0.0) + float(value) / count
-        return totals
+                with self._autocast():
+                    fresh = self._gathered(self.objective.embed(self.model, batch))
+                    features = _concatenated(cached[:index] + [fresh] + cached[index + 1:])
+                    loss, terms = self.objective.loss({**features, **step_fixed})
+                self.scaler.scale(loss).backward()
+        return _floats(loss, terms)
+
+    def _rng_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _set_rng_state(self, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.device)
 
     def optimizer_step(self) -> None:
         self.scaler.step(self.optimizer)

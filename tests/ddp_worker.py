@@ -1,4 +1,8 @@
-"""Trains 3 steps on synthetic data; run under torchrun (2 ranks) or alone, saves each rank's weights."""
+"""Trains 3 steps on synthetic data under torchrun (2 ranks) or alone, and saves each rank's weights.
+
+``ddp_worker.py OUT ACCUM...``: one run per gradient-accumulation setting (global batch 8 each),
+written to OUT/accum-N/rank{R}.safetensors, beside the initial weights.
+"""
 
 import sys
 from pathlib import Path
@@ -11,13 +15,16 @@ from safeclip_sdk.trainer import Trainer
 from synthetic import SyntheticQuadruplets, make_encoder_and_objective, trainer_config
 
 out = Path(sys.argv[1])
-out.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(1)
 context = init_distributed("cpu")
-encoder, objective = make_encoder_and_objective()
-config = trainer_config(out, batch_size=8, max_steps=3, lr=1e-2)
-trainer = Trainer(encoder, objective, SyntheticQuadruplets(32), config, out, context=context)
-save_file({k: v.contiguous() for k, v in trainer.trainable_state().items()}, str(out / "initial.safetensors"))
-trainer.fit()
-save_file({k: v.contiguous() for k, v in trainer.trainable_state().items()}, str(out / f"rank{context.rank}.safetensors"))
+for accum in map(int, sys.argv[2:]):
+    run_dir = out / f"accum-{accum}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    encoder, objective = make_encoder_and_objective()
+    config = trainer_config(run_dir, batch_size=8, grad_accum_steps=accum, max_steps=3, lr=1e-2)
+    trainer = Trainer(encoder, objective, SyntheticQuadruplets(32), config, run_dir, context=context)
+    save_file({k: v.contiguous() for k, v in trainer.trainable_state().items()}, str(run_dir / "initial.safetensors"))
+    trainer.fit()
+    save_file({k: v.contiguous() for k, v in trainer.trainable_state().items()},
+              str(run_dir / f"rank{context.rank}.safetensors"))
 shutdown_distributed(context)

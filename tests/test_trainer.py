@@ -13,42 +13,70 @@ from safeclip_sdk.trainer import Trainer
 
 from synthetic import SyntheticQuadruplets, make_encoder_and_objective, trainer_config
 
-# Cosine terms are means over items, so they split exactly across micro-batches; contrastive
-# terms use in-batch negatives and by definition depend on how a batch is cut.
-COSINE_ONLY = {name: (weight if name.endswith("_cos") else 0.0) for name, weight in SAFE_CLIP_REFERENCE_WEIGHTS.items()}
+ALL_EIGHT_TERMS = set(SAFE_CLIP_REFERENCE_WEIGHTS)
 
 
 def _gradients(trainer):
     return {name: p.grad.clone() for name, p in trainer.parameters.items()}
 
 
+def _stacked(data, indices):
+    keys = ("safe_image", "unsafe_image", "safe_text", "unsafe_text")
+    return {key: torch.stack([data[i][key] for i in indices]) for key in keys}
+
+
+def _perturbed_trainer(run_dir, data, **config):
+    """A trainer whose LoRA B matrices are off zero, so every LoRA parameter gets a gradient."""
+    encoder, objective = make_encoder_and_objective(lora_dropout=config.pop("lora_dropout", 0.0))
+    trainer = Trainer(encoder, objective, data, trainer_config(run_dir, **config), run_dir)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in trainer.parameters.values():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return trainer
+
+
 def test_accumulated_micro_batches_give_the_gradient_of_one_large_batch(tmp_path):
+    # all eight terms: the contrastive ones see every negative of the step, not just their micro-batch's
     data = SyntheticQuadruplets(8)
-    batch = {key: torch.stack([data[i][key] for i in range(8)]) for key in ("safe_image", "unsafe_image",
-                                                                            "safe_text", "unsafe_text")}
+    batch = _stacked(data, range(8))
     micro_batches = [{key: value[i:i + 2] for key, value in batch.items()} for i in range(0, 8, 2)]
 
-    encoder, objective = make_encoder_and_objective(loss_weights=COSINE_ONLY)
-    one_batch = Trainer(encoder, objective, data, trainer_config(tmp_path / "a"), tmp_path / "a")
-    # move the LoRA B matrices off zero so every LoRA parameter gets a non-zero gradient
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in one_batch.parameters.values():
-            p.add_(0.05 * torch.randn_like(p))
-    state = one_batch.trainable_state()
-    one_batch.accumulate_gradients([batch])
-
-    encoder, objective = make_encoder_and_objective(loss_weights=COSINE_ONLY)
-    accumulated = Trainer(encoder, objective, data, trainer_config(tmp_path / "b", grad_accum_steps=4),
-                          tmp_path / "b")
-    accumulated.load_trainable_state(state)
-    accumulated.accumulate_gradients(micro_batches)
+    one_batch = _perturbed_trainer(tmp_path / "a", data)
+    terms = one_batch.accumulate_gradients([batch])
+    assert ALL_EIGHT_TERMS <= set(terms)
+    accumulated = _perturbed_trainer(tmp_path / "b", data, grad_accum_steps=4)
+    accumulated_terms = accumulated.accumulate_gradients(micro_batches)
 
     expected, got = _gradients(one_batch), _gradients(accumulated)
     assert expected.keys() == got.keys()
-    assert any(g.abs().max() > 0 for g in expected.values())
+    assert all(g.abs().max() > 0 for g in expected.values())
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-7, msg=name)
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name, value in terms.items():
+        assert accumulated_terms[name] == pytest.approx(value, rel=1e-5), name
+
+
+def test_accumulation_recomputes_with_the_dropout_masks_of_the_cached_pass(tmp_path):
+    # with dropout, the exact gradient is that of the step's loss over features drawn with one set
+    # of masks: embed the micro-batches in order from the same random state, with gradients
+    data = SyntheticQuadruplets(8)
+    micro_batches = [_stacked(data, range(i, i + 2)) for i in range(0, 8, 2)]
+    accumulated = _perturbed_trainer(tmp_path / "a", data, grad_accum_steps=4, lora_dropout=0.3)
+    by_hand = _perturbed_trainer(tmp_path / "b", data, grad_accum_steps=4, lora_dropout=0.3)
+
+    torch.manual_seed(7)
+    accumulated.accumulate_gradients(micro_batches)
+    torch.manual_seed(7)
+    by_hand.model.train()
+    objective = by_hand.objective
+    features = [{**objective.embed(by_hand.model, b), **objective.fixed_features(b)} for b in micro_batches]
+    loss, _ = objective.loss({name: torch.cat([f[name] for f in features]) for name in features[0]})
+    loss.backward()
+
+    expected, got = _gradients(by_hand), _gradients(accumulated)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 class _Interrupt(Exception):
@@ -127,20 +155,23 @@ def _free_port():
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_a_single_process_on_the_same_global_batch(tmp_path):
+    # DDP alone, and DDP with 4 micro-batches of 1 item per rank: both equal one process taking
+    # the global batch of 8 at once, all eight loss terms included
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                    "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(worker), str(tmp_path / "ddp")],
-                   check=True, env=env, timeout=300, capture_output=True)
-    subprocess.run([sys.executable, str(worker), str(tmp_path / "single")], check=True, env=env, timeout=300,
+                    "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(worker), str(tmp_path / "ddp"),
+                    "1", "4"], check=True, env=env, timeout=300, capture_output=True)
+    subprocess.run([sys.executable, str(worker), str(tmp_path / "single"), "1"], check=True, env=env, timeout=300,
                    capture_output=True)
     from safetensors.torch import load_file
 
-    rank0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
-    rank1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
-    single = load_file(str(tmp_path / "single" / "rank0.safetensors"))
-    initial = load_file(str(tmp_path / "single" / "initial.safetensors"))
+    single = load_file(str(tmp_path / "single" / "accum-1" / "rank0.safetensors"))
+    initial = load_file(str(tmp_path / "single" / "accum-1" / "initial.safetensors"))
     assert any(not torch.equal(single[name], initial[name]) for name in single), "training must move weights"
-    for name in single:
-        assert torch.equal(rank0[name], rank1[name]), f"ranks diverged on {name}"
-        torch.testing.assert_close(rank0[name], single[name], rtol=1e-4, atol=1e-6, msg=name)
+    for accum in (1, 4):
+        rank0 = load_file(str(tmp_path / "ddp" / f"accum-{accum}" / "rank0.safetensors"))
+        rank1 = load_file(str(tmp_path / "ddp" / f"accum-{accum}" / "rank1.safetensors"))
+        for name in single:
+            assert torch.equal(rank0[name], rank1[name]), f"ranks diverged on {name} (accum {accum})"
+            torch.testing.assert_close(rank0[name], single[name], rtol=1e-4, atol=1e-6, msg=f"{name} (accum {accum})")
