@@ -32,10 +32,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .data.categories import coarse_group, normalize_category
 from .data.loading import load_dataset
 from .data.quadruplets import Quadruplet, QuadrupletSet
 from .data.torch_dataset import QuadrupletDataset, load_image
 from .errors import DataError, ModelLoadError, SafeclipError
+from .images import IMAGE_EXTENSIONS
 from .models import LoadedModel, atomic_write_text, load_model
 from .devices import resolve_device
 
@@ -50,7 +52,6 @@ UNSAFE_TEXT_TO_SAFE_IMAGES = "T*->V"
 
 DEFAULT_KS = (1, 10, 20)
 DEFAULT_PROMPT = "a photo of a {}."
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 TEXT_ONLY_NOTE = (
     f"The data has no unsafe images (ViSU's public release is text-only), so "
@@ -139,9 +140,13 @@ def retrieval_metrics(emb: EmbeddingSet, ks: Sequence[int] = DEFAULT_KS, similar
 
     Returns ``{direction: {"queries", "gallery", "R@1", ..., "unsafe_top1"?, "per_category"?}}``.
     ``unsafe_top1`` exists for the 2N-gallery directions. With ``categories`` (one per
-    quadruplet, None for uncategorised), the unsafe directions also get a per-category breakdown.
+    quadruplet, None for uncategorised), the unsafe directions also get a breakdown per category
+    (``per_category``: the user's labels, known ones under their canonical name) and per coarse
+    group (``per_group``: the 20 ViSU categories in their 7 I2P groups; any other label is a
+    group of its own).
     """
     n = len(emb)
+    labels = [normalize_category(label) if label and label.strip() else None for label in categories or []]
     rank = partial(rank_ground_truth, similarity=similarity, block_size=block_size)
     rankings = {TEXT_TO_IMAGE: rank(emb.safe_text, emb.safe_image),
                 IMAGE_TO_TEXT: rank(emb.safe_image, emb.safe_text)}
@@ -158,7 +163,9 @@ def retrieval_metrics(emb: EmbeddingSet, ks: Sequence[int] = DEFAULT_KS, similar
         gallery_size = 2 * n if ranking.top1_unsafe is not None else n
         metrics: dict[str, Any] = {"queries": n, "gallery": gallery_size, **_summary(ranking, ks)}
         if direction.startswith(("T*", "V*")) and categories is not None and any(categories):
-            metrics["per_category"] = _per_category(ranking, ks, categories)
+            metrics["per_category"] = _per_label(ranking, ks, labels)
+            metrics["per_group"] = _per_label(ranking, ks, [coarse_group(label) if label else None
+                                                            for label in labels])
         results[direction] = metrics
     return results
 
@@ -171,10 +178,10 @@ def _summary(ranking: Ranking, ks: Sequence[int], selected: np.ndarray | slice =
     return summary
 
 
-def _per_category(ranking: Ranking, ks: Sequence[int], categories: Sequence[str | None]) -> dict[str, dict]:
-    labels = np.array([category or "" for category in categories], dtype=object)
-    return {category: {"queries": int(np.sum(labels == category)), **_summary(ranking, ks, labels == category)}
-            for category in sorted(set(labels) - {""})}
+def _per_label(ranking: Ranking, ks: Sequence[int], labels: Sequence[str | None]) -> dict[str, dict]:
+    values = np.array([label or "" for label in labels], dtype=object)
+    return {label: {"queries": int(np.sum(values == label)), **_summary(ranking, ks, values == label)}
+            for label in sorted(set(values) - {""})}
 
 
 def encode_quadruplets(model: LoadedModel, items: Sequence[Quadruplet], *, batch_size: int = 64,
@@ -245,7 +252,7 @@ def image_folder_samples(root: str | os.PathLike) -> list[tuple[Path, str]]:
         raise DataError(f"{root}: zero-shot folder not found")
     samples = [(path, folder.name.replace("_", " "))
                for folder in sorted(entry for entry in root.iterdir() if entry.is_dir())
-               for path in sorted(folder.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
+               for path in sorted(folder.iterdir()) if path.suffix.lower() in IMAGE_EXTENSIONS]
     if len({label for _, label in samples}) < 2:
         raise DataError(f"{root}: a zero-shot folder needs images in at least two class subfolders")
     return samples

@@ -1,10 +1,24 @@
-"""Image loading and open_clip's evaluation transform, without torch or torchvision.
+"""One image path for training, evaluation, the Encoder and export, without torch or torchvision.
 
-``load_image`` turns a path, raw bytes or a PIL image into an RGB PIL image (EXIF orientation
-applied, ``convert("RGB")`` as open_clip does), refusing decompression bombs from the header
-before any pixel is decoded. ``preprocess_image`` reproduces open_clip's ``image_transform_v2``
-(eval) step by step with PIL and numpy, so the ONNX and TensorRT backends feed the exact pixels
-the torch backend gets from open_clip.
+``load_image`` turns a path, raw bytes or a PIL image into an 8-bit RGB PIL image: the EXIF
+orientation applied, every PIL mode converted by :func:`to_rgb`, decompression bombs refused
+from the header before any pixel is decoded. ``check_image`` tells whether a file would load,
+without decoding it whole (what dataset loading runs on every image before training).
+``preprocess_image`` reproduces open_clip's ``image_transform_v2`` (eval) step by step with PIL
+and numpy, so the ONNX and TensorRT backends feed the exact pixels the torch backend gets from
+open_clip.
+
+Mode conversion (:func:`to_rgb`), where PIL's own ``convert("RGB")`` would be wrong:
+
+- 16-bit greyscale (``I;16``, ``I;16B``, ...) and 32-bit integer ``I``: samples are read as
+  16-bit values, 0..65535 mapped linearly onto 0..255 (``round(v / 257)``; ``I`` is clipped to
+  that range). PIL's own conversion saturates them to white.
+- float ``F``: an image whose values all lie in [0, 1] is read as 0..1 intensities (x255);
+  otherwise as 0..255 levels. Values outside 0..255 are clipped, NaN reads as 0.
+- transparency (``RGBA``, ``LA``, ``PA``, ``RGBa``, ``P``/``L``/``RGB`` with a transparent
+  colour): composited onto a white background (``BACKGROUND``). PIL's conversion drops the
+  alpha and shows whatever colour the transparent pixels happen to hold.
+- ``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``, ...: PIL's conversion.
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ import io
 import os
 import struct
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,9 +40,11 @@ ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit, here applied per call
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+BACKGROUND = (255, 255, 255)  # what transparent pixels are composited onto
 
 # Errors PIL raises on damaged files; which one depends on the format plugin.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
 
 
 def describe_item(item: Any, index: int | None = None) -> str:
@@ -42,7 +59,7 @@ def describe_item(item: Any, index: int | None = None) -> str:
 
 def load_image(item: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                label: str | None = None) -> Image.Image:
-    """Decode one image to RGB, with its EXIF orientation applied.
+    """Decode one image to 8-bit RGB, with its EXIF orientation applied (see :func:`to_rgb`).
 
     Args:
         item: a file path, the encoded bytes of an image file, or a PIL image.
@@ -51,32 +68,73 @@ def load_image(item: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     Raises:
         ImageError: missing, empty, corrupt or truncated file, zero-size or oversized image,
-            unsupported input type.
+            unsupported input type or colour mode.
     """
     label = label or describe_item(item)
     if isinstance(item, Image.Image):
-        image = item
-        _check_size(image.size, max_pixels, label)
+        _check_size(item.size, max_pixels, label)
         try:
-            image.load()
-            return _to_rgb(image)
+            item.load()
+            return _upright_rgb(item, label)
         except _DECODE_ERRORS as error:
             raise ImageError(label, f"corrupt or truncated image ({_reason(error)})") from error
+    with _opened(item, label) as file:
+        return _decode(file, max_pixels, label)
+
+
+def check_image(item: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                label: str | None = None) -> None:
+    """Raise the :class:`ImageError` that :func:`load_image` would raise for this file, if any,
+    at a fraction of the cost: the size comes from the header, PNG and other formats are
+    verified without decoding, JPEG is decoded at 1/8 scale (which still reads the whole stream)."""
+    label = label or describe_item(item)
+    with _opened(item, label) as file:
+        with _decode_errors(label), Image.open(file) as image:
+            _check_size(image.size, max_pixels, label)
+            if image.format == "JPEG":
+                # verify() checks nothing for JPEG; DCT scaling decodes the stream cheaply
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+            else:
+                image.verify()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB rendering of a PIL image of any mode (rules in the module docstring)."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        samples = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        return _grey(((samples * 255 + 32767) // 65535).astype(np.uint8))
+    if mode == "F":
+        samples = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if samples.size and samples.max() <= 1.0 else 1.0
+        return _grey(np.clip(np.round(samples * scale), 0, 255).astype(np.uint8))
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        background = Image.new("RGBA", image.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image if mode == "RGB" else image.convert("RGB")
+
+
+def _grey(levels: np.ndarray) -> Image.Image:
+    return Image.fromarray(levels, "L").convert("RGB")
+
+
+def _opened(item: Any, label: str) -> BinaryIO:
+    """A readable binary file for a path or encoded bytes; ImageError for anything else."""
     if isinstance(item, (bytes, bytearray, memoryview)):
         if len(item) == 0:
             raise ImageError(label, "empty bytes, not an image")
-        return _decode(io.BytesIO(bytes(item)), max_pixels, label)
+        return io.BytesIO(bytes(item))
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         if not path.exists():
             raise ImageError(label, "file not found")
         if path.is_dir():
             raise ImageError(label, "is a folder, not an image file")
-        if path.stat().st_size == 0:
-            raise ImageError(label, "empty file, not an image")
         try:
-            with path.open("rb") as file:
-                return _decode(file, max_pixels, label)
+            if path.stat().st_size == 0:
+                raise ImageError(label, "empty file, not an image")
+            return path.open("rb")
         except PermissionError as error:
             raise ImageError(label, f"cannot read file ({error.strerror})") from error
     raise ImageError(label, f"unsupported input type {type(item).__name__} "
@@ -84,17 +142,33 @@ def load_image(item: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 
 def _decode(file: BinaryIO, max_pixels: int, label: str) -> Image.Image:
+    with _decode_errors(label), Image.open(file) as image:
+        _check_size(image.size, max_pixels, label)  # header only: nothing decoded yet
+        image.load()
+        return _upright_rgb(image, label)
+
+
+@contextmanager
+def _decode_errors(label: str):
+    """Turn what PIL raises on a bad file into one ImageError line."""
     try:
-        with Image.open(file) as image:
-            _check_size(image.size, max_pixels, label)  # header only: nothing decoded yet
-            image.load()
-            return _to_rgb(image)
-    except Image.DecompressionBombError as error:  # PIL's own process-wide limit, when lower
-        raise ImageError(label, f"image too large, refused as a decompression bomb ({error})") from error
+        yield
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as error:  # PIL's process-wide limit, when lower
+        raise ImageError(label, f"image too large ({_reason(error)})") from error
     except UnidentifiedImageError as error:
         raise ImageError(label, "not an image or an unsupported format") from error
     except _DECODE_ERRORS as error:
         raise ImageError(label, f"corrupt or truncated image ({_reason(error)})") from error
+
+
+def _upright_rgb(image: Image.Image, label: str) -> Image.Image:
+    upright = ImageOps.exif_transpose(image)
+    try:
+        return to_rgb(upright)
+    except ValueError as error:  # a mode PIL opens but cannot convert (e.g. premultiplied La)
+        raise ImageError(label, f"unsupported colour mode {image.mode} ({_reason(error)})") from error
 
 
 def _check_size(size: tuple[int, int], max_pixels: int, label: str) -> None:
@@ -102,13 +176,8 @@ def _check_size(size: tuple[int, int], max_pixels: int, label: str) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(label, f"zero-size image ({width}x{height})")
     if width * height > max_pixels:
-        raise ImageError(label, f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels} "
-                         f"(possible decompression bomb)")
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    image = ImageOps.exif_transpose(image)
-    return image if image.mode == "RGB" else image.convert("RGB")
+        raise ImageError(label, f"image too large: {width}x{height} = {width * height} pixels exceeds "
+                         f"max_pixels={max_pixels} (possible decompression bomb)")
 
 
 def _reason(error: Exception) -> str:
@@ -122,9 +191,10 @@ def preprocess_image(image: Image.Image, image_cfg: Mapping[str, Any]) -> np.nda
 
     ``image_cfg`` holds open_clip's preprocess config keys (``size``, ``mean``, ``std``,
     ``interpolation``, ``resize_mode``, ``fill_color``), as in a model folder or an export
-    manifest. Any PIL mode is accepted; like open_clip, resizing happens in the image's own
-    mode and ``convert("RGB")`` comes after cropping. The result equals open_clip's tensor.
+    manifest. An image that is not RGB is first converted by :func:`to_rgb`, as
+    :func:`load_image` does. The result equals open_clip's tensor for the RGB image.
     """
+    image = to_rgb(image)
     height, width = _size_hw(image_cfg["size"])
     interpolation = image_cfg.get("interpolation", "bicubic")
     if interpolation not in ("bicubic", "bilinear", "random"):
@@ -147,7 +217,7 @@ def preprocess_image(image: Image.Image, image_cfg: Mapping[str, Any]) -> np.nda
         image = _resize(image, (height, width), resample)
     else:
         raise ValueError(f"unsupported resize_mode '{resize_mode}' (open_clip: shortest, longest, squash)")
-    pixels = np.asarray(image.convert("RGB"), dtype=np.uint8).astype(np.float32) / np.float32(255)
+    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
     mean = np.asarray(image_cfg["mean"], dtype=np.float32)
     std = np.asarray(image_cfg["std"], dtype=np.float32)
     return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
@@ -198,14 +268,5 @@ def _center_crop_or_pad(image: Image.Image, size_hw: tuple[int, int], fill: int)
 
 
 def _pad(image: Image.Image, padding: tuple[int, int, int, int], fill: int) -> Image.Image:
-    """torchvision's constant PIL pad: one fill value per band, palette kept for mode P."""
-    bands = len(image.getbands())
-    fill_value: int | float | tuple = fill if bands == 1 else (fill,) * bands
-    if image.mode != "F":
-        fill_value = tuple(int(v) for v in fill_value) if isinstance(fill_value, tuple) else int(fill_value)
-    if image.mode == "P":
-        palette = image.getpalette()
-        padded = ImageOps.expand(image, border=padding, fill=fill_value)
-        padded.putpalette(palette)
-        return padded
-    return ImageOps.expand(image, border=padding, fill=fill_value)
+    """torchvision's constant PIL pad of an RGB image: one fill value for every band."""
+    return ImageOps.expand(image, border=padding, fill=(int(fill),) * 3)

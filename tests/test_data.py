@@ -16,6 +16,7 @@ from safeclip_sdk.data import (
     ImageTextPairs,
     QuadrupletDataset,
     coarse_group,
+    is_known_category,
     load_dataset,
     normalize_category,
 )
@@ -68,9 +69,23 @@ def test_normalize_category_repairs_case_spacing_and_typos(tag, expected):
     assert normalize_category(tag) == expected
 
 
-def test_normalize_category_rejects_unknown_tags():
-    with pytest.raises(ValueError, match="unknown category 'cooking'"):
-        normalize_category("cooking")
+@pytest.mark.parametrize("tag, expected", [
+    ("self-harm", "self-harm"), ("Self_Harm", "self-harm"), ("SHOCKING", "shocking"),
+    ("gore", "gore"), ("nsfw", "nsfw"), (" Extremism ", "Extremism"), ("hat", "hat"), ("violent", "violent"),
+])
+def test_other_labels_are_kept_as_the_user_wrote_them(tag, expected):
+    assert normalize_category(tag) == expected
+    assert is_known_category(tag) == (expected in ("self-harm", "shocking"))
+    assert coarse_group(tag) == expected  # a coarse group is its own group; so is any other label
+
+
+def test_users_own_categories_are_rows_like_any_other(jsonl_dir):
+    labels = ["self-harm", "gore", "nsfw", "extremism", "Weapons", "", "   "]
+    path = write_jsonl(jsonl_dir / "data.jsonl", [row(category=label) for label in labels])
+    dataset = load_dataset(path)
+    assert dataset.bad_rows == []
+    assert [item.category for item in dataset.items] == ["self-harm", "gore", "nsfw", "extremism", "weapons",
+                                                         None, None]
 
 
 # ----------------------------------------------------------------------------------------- JSONL
@@ -108,7 +123,7 @@ BAD_ROWS = [
     (row(safe_text=...), "missing field 'safe_text'"),
     (row(unsafe_text="   "), "field 'unsafe_text' is empty"),
     (row(safe_image=7), "field 'safe_image' must be a string, got int"),
-    (row(category="cooking"), "unknown category 'cooking'"),
+    (row(category=12), "field 'category' must be a string, got int"),
     (row(safe_image="img/nope.png"), "safe image not found: "),
     (row(unsafe_image="img/gone.png"), "unsafe image not found: "),
 ]
@@ -132,7 +147,7 @@ def test_default_stops_at_first_bad_row_and_counts_the_rest(jsonl_dir):
     with pytest.raises(DataError) as error:
         load_dataset(path)
     assert str(error.value) == (f"{path}:2: field 'label' must be a string, got int "
-                                f"(and 3 more bad rows; fix them or pass --skip-bad)")
+                                f"(and 2 more bad rows; fix them or pass --skip-bad)")
 
 
 def test_skip_bad_keeps_good_rows_and_lists_bad_ones(jsonl_dir):
@@ -143,6 +158,42 @@ def test_skip_bad_keeps_good_rows_and_lists_bad_ones(jsonl_dir):
     assert [item.source for item in dataset.items] == [f"{path}:1", f"{path}:3"]
     assert [bad.source for bad in dataset.bad_rows] == [f"{path}:2", f"{path}:4"]
     assert dataset.bad_rows[1].reason == f"safe image not found: {jsonl_dir / 'img' / 'nope.png'}"
+
+
+def write_lines_with_latin1(path: Path, rows: list, bad_line: int) -> Path:
+    """JSON lines in UTF-8, except line ``bad_line`` (from 1), which is saved as Latin-1."""
+    lines = [json.dumps(row, ensure_ascii=False).encode("latin-1" if number == bad_line else "utf-8")
+             for number, row in enumerate(rows, start=1)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_non_utf8_lines_are_bad_rows_named_by_line(jsonl_dir):
+    path = write_lines_with_latin1(jsonl_dir / "data.jsonl",
+                                   [row(), row(safe_text="un café"), row(), row(unsafe_text="à")], bad_line=2)
+    with pytest.raises(DataError) as error:
+        load_dataset(path)
+    assert str(error.value).startswith(f"{path}:2: not UTF-8 (invalid continuation byte 0xe9 at byte ")
+    assert "1 bad row; fix it or pass --skip-bad" in str(error.value)
+    dataset = load_dataset(path, skip_bad=True)
+    assert [item.source for item in dataset.items] == [f"{path}:1", f"{path}:3", f"{path}:4"]
+    assert dataset.items[2].unsafe_text == "à"  # UTF-8 lines around it read normally
+
+
+def test_non_utf8_visu_rows_are_skippable(tmp_path, coco_root):
+    lines = write_lines_with_latin1(tmp_path / "visu.jsonl",
+                                    [visu_row(0, 9), visu_row(1, 9, nsfw="déjà vu"), visu_row(2, 139)], bad_line=2)
+    dataset = load_dataset(lines, image_root=coco_root, skip_bad=True)
+    assert [bad.source for bad in dataset.bad_rows] == [f"{lines}:2"]
+    assert dataset.bad_rows[0].reason.startswith("not UTF-8")
+
+    document = tmp_path / "visu.json"
+    document.write_bytes(b"[\n" + json.dumps(visu_row(0, 9)).encode() + b",\n"
+                         + json.dumps(visu_row(1, 9, nsfw="d\u00e9j\u00e0"), ensure_ascii=False).encode("latin-1")
+                         + b"\n]\n")
+    with pytest.raises(DataError, match=rf"^{document}:row 2: not UTF-8 \(field 'nsfw' on line 3 holds bytes"):
+        load_dataset(document, image_root=coco_root)
+    assert len(load_dataset(document, image_root=coco_root, skip_bad=True)) == 1
 
 
 def test_zero_usable_rows_is_an_error_even_with_skip_bad(jsonl_dir):
@@ -179,7 +230,8 @@ def test_corrupt_images_are_caught_before_training(jsonl_dir, damage):
         (jsonl_dir / name).write_bytes(data[: len(data) // 2])
     path = write_jsonl(jsonl_dir / "data.jsonl", [row(), row(safe_image=name)])
 
-    with pytest.raises(DataError, match=rf"data.jsonl:2: corrupt safe image .*{name} \("):
+    reason = "not an image or an unsupported format" if damage == "not_an_image" else "corrupt or truncated image"
+    with pytest.raises(DataError, match=rf"data.jsonl:2: safe image .*{name}: {reason}"):
         load_dataset(path)
     # Without the check the file cannot be judged; only a missing file would be.
     assert len(load_dataset(path, check_images=False)) == 2
@@ -241,14 +293,16 @@ def test_visu_bad_rows(tmp_path, coco_root):
         visu_row(2, 9, nsfw=...),
         visu_row(3, 9, tag="cooking"),
         visu_row(4, True),
+        visu_row(5, 9, tag=" "),
     ]))
     dataset = load_dataset(path, image_root=coco_root, skip_bad=True)
-    assert len(dataset) == 1
+    assert [item.category for item in dataset.items] == ["violence", "cooking"]  # a tag of the user's own
     reasons = {bad.source: bad.reason for bad in dataset.bad_rows}
     assert reasons[f"{path}:row 2"].startswith("COCO image 000000012345.jpg is in neither")
     assert reasons[f"{path}:row 3"] == "missing field 'nsfw'"
-    assert reasons[f"{path}:row 4"].startswith("unknown category 'cooking'")
     assert reasons[f"{path}:row 5"] == "field 'coco_id' must be a non-negative integer, got True"
+    assert reasons[f"{path}:row 6"] == "field 'tag' is empty"
+    assert len(reasons) == 4
 
 
 def test_visu_json_lines_are_read_as_visu(tmp_path, coco_root):
@@ -324,5 +378,24 @@ def test_image_deleted_after_loading_gives_a_data_error(jsonl_dir, tiny_model):
     items = load_dataset(path).items
     (jsonl_dir / "img" / "a.png").unlink()
     dataset = QuadrupletDataset(items, tiny_model.preprocess, tiny_model.tokenizer, with_unsafe_images=False)
-    with pytest.raises(DataError, match=rf"data.jsonl:1: cannot read image .*a.png"):
+    with pytest.raises(DataError, match=rf"data.jsonl:1: .*a.png: file not found$"):
         dataset[0]
+
+
+# --------------------------------------------------------------------- per-category report
+
+def test_per_category_report_groups_known_categories_and_keeps_users_labels():
+    from safeclip_sdk.evaluation import UNSAFE_TEXT_TO_SAFE_IMAGES, EmbeddingSet, retrieval_metrics
+
+    eye = torch.eye(6).numpy()
+    # unsafe caption i lands on safe image i for i < 3, elsewhere for the others
+    emb = EmbeddingSet(safe_text=eye, unsafe_text=eye[[0, 1, 2, 0, 1, 2]], safe_image=eye)
+    categories = ["weapons", "Drug_Use", "gore", "gore", "self-harm", None]
+    unsafe = retrieval_metrics(emb, ks=(1,), categories=categories)[UNSAFE_TEXT_TO_SAFE_IMAGES]
+    assert unsafe["per_category"] == {"drug use": {"queries": 1, "R@1": 100.0},
+                                      "gore": {"queries": 2, "R@1": 50.0},
+                                      "self-harm": {"queries": 1, "R@1": 0.0},
+                                      "weapons": {"queries": 1, "R@1": 100.0}}
+    assert unsafe["per_group"] == {"gore": {"queries": 2, "R@1": 50.0},
+                                   "illegal activity": {"queries": 2, "R@1": 100.0},
+                                   "self-harm": {"queries": 1, "R@1": 0.0}}

@@ -98,13 +98,13 @@ def test_preprocess_image_equals_open_clip_transform(tiny_model, variant, mode):
     for seed, (width, height) in enumerate(SIZES):
         image = in_mode(picture(width, height, seed), mode, seed)
         ours = preprocess_image(image, loaded.preprocess_cfg)
-        reference = transform(image).numpy()
+        reference = transform(load_image(image)).numpy()  # open_clip on our RGB rendering
         assert ours.shape == reference.shape and ours.dtype == np.float32
         assert np.abs(ours - reference).max() <= 1e-6, f"{variant} {mode} {width}x{height}"
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "L", "CMYK", "P", "I;16"])
-def test_load_image_converts_modes_like_open_clip(mode, tmp_path):
+@pytest.mark.parametrize("mode", ["L", "CMYK", "P"])
+def test_load_image_converts_opaque_modes_like_pil(mode, tmp_path):
     image = in_mode(picture(40, 30), mode)
     expected = np.asarray(image.convert("RGB"))
     from_pil = load_image(image)
@@ -201,7 +201,8 @@ def test_bad_images_raise_one_line_errors(onnx_encoder, tmp_path):
 def test_decompression_bomb_is_refused_from_the_header():
     # a 3000x3000 PNG cut right after its header: decoding it would fail as "truncated"
     header_only = encoded(Image.new("L", (3000, 3000)))[:64]
-    with pytest.raises(ImageError, match=r"^bytes: 3000x3000 = 9000000 pixels exceeds max_pixels=1000000"):
+    with pytest.raises(ImageError, match=r"^bytes: image too large: 3000x3000 = 9000000 pixels exceeds "
+                                         r"max_pixels=1000000"):
         load_image(header_only, max_pixels=1_000_000)
     with pytest.raises(ImageError, match="truncated"):
         load_image(header_only)

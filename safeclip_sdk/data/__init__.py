@@ -1,6 +1,6 @@
 """Datasets of safe/unsafe quadruplets: ViSU-Text, a generic JSONL format, and a generated demo world."""
 
-from .categories import CATEGORIES, COARSE_GROUPS, coarse_group, normalize_category
+from .categories import CATEGORIES, COARSE_GROUPS, coarse_group, is_known_category, normalize_category
 from .demo_world import build_demo_world
 from .loading import load_dataset
 from .quadruplets import BadRow, Quadruplet, QuadrupletSet
@@ -16,6 +16,7 @@ __all__ = [
     "QuadrupletSet",
     "build_demo_world",
     "coarse_group",
+    "is_known_category",
     "load_dataset",
     "normalize_category",
 ]

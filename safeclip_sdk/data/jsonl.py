@@ -1,7 +1,8 @@
 """The generic JSONL format: one quadruplet per line.
 
-``{"safe_text", "unsafe_text", "safe_image", "unsafe_image"?, "category"?, "label"?}``; image paths
-are absolute or relative to the JSONL file's folder (or to ``image_root`` when one is given).
+``{"safe_text", "unsafe_text", "safe_image", "unsafe_image"?, "category"?, "label"?}``; ``category``
+is any label (see :mod:`safeclip_sdk.data.categories`); image paths are absolute or relative to
+the JSONL file's folder (or to ``image_root`` when one is given).
 """
 
 from __future__ import annotations
@@ -9,35 +10,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import DataError
 from .categories import normalize_category
-from .quadruplets import BadRow, Quadruplet, RowError, optional_text, required_text
+from .quadruplets import BadRow, Quadruplet, RowError, optional_text, read_text_lines, required_text
 
 
 def read_jsonl(path: Path, *, image_root: Path | None = None,
                unsafe_image_root: Path | None = None) -> list[Quadruplet | BadRow]:
     """Every non-blank line of a JSONL file, in order, as a quadruplet or a bad row.
 
-    Image files are not looked at here; :func:`safeclip_sdk.data.load_dataset` checks them.
+    A line that is not UTF-8 is a bad row like any other. Image files are not looked at here;
+    :func:`safeclip_sdk.data.load_dataset` checks them.
     """
     path = Path(path)
     image_root = Path(image_root) if image_root is not None else path.parent
     unsafe_image_root = Path(unsafe_image_root) if unsafe_image_root is not None else image_root
     rows: list[Quadruplet | BadRow] = []
-    try:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                source = f"{path}:{number}"
-                try:
-                    rows.append(_parse_line(line, source, image_root, unsafe_image_root))
-                except RowError as error:
-                    rows.append(BadRow(source, str(error)))
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from error
+    for source, line in read_text_lines(path):
+        try:
+            if isinstance(line, RowError):
+                raise line
+            if line.strip():
+                rows.append(_parse_line(line, source, image_root, unsafe_image_root))
+        except RowError as error:
+            rows.append(BadRow(source, str(error)))
     return rows
 
 
@@ -52,18 +47,15 @@ def _parse_line(line: str, source: str, image_root: Path, unsafe_image_root: Pat
     unsafe_text = required_text(row, "unsafe_text")
     safe_image = required_text(row, "safe_image")
     unsafe_image = optional_text(row, "unsafe_image")
-    category = optional_text(row, "category")
-    if category is not None:
-        try:
-            category = normalize_category(category)
-        except ValueError as error:
-            raise RowError(str(error)) from error
+    # an empty category reads as none: it is optional, and only required fields make bad rows
+    blank_category = isinstance(row.get("category"), str) and not row["category"].strip()
+    category = None if blank_category else optional_text(row, "category")
     return Quadruplet(
         safe_text=safe_text,
         unsafe_text=unsafe_text,
         safe_image=image_root / safe_image,
         unsafe_image=unsafe_image_root / unsafe_image if unsafe_image is not None else None,
-        category=category,
+        category=normalize_category(category) if category is not None else None,
         label=optional_text(row, "label"),
         source=source,
     )

@@ -8,10 +8,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..errors import DataError
+from ..errors import DataError, ImageError
+from ..images import DEFAULT_MAX_PIXELS, check_image
 from .jsonl import read_jsonl
 from .quadruplets import BadRow, Quadruplet, QuadrupletSet
 from .visu import read_visu
@@ -105,23 +105,13 @@ def check_image_files(rows: list[Quadruplet | BadRow], *, decode: bool = True,
     return [_with_image_check(row, missing, corrupt) for row in rows]
 
 
-def image_problem(path: Path) -> str | None:
-    """Why an image file cannot be used, or ``None`` when it decodes."""
+def image_problem(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why an image file cannot be used (the reason :func:`safeclip_sdk.images.load_image`
+    would give), or ``None`` when it decodes."""
     try:
-        with Image.open(path) as image:
-            if image.format == "JPEG":
-                # verify() checks nothing for JPEG; decoding at 1/8 scale (DCT scaling) reads
-                # the whole stream, catching truncated files, at a fraction of a full decode.
-                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-                image.load()
-            else:
-                image.verify()
-    except UnidentifiedImageError:
-        return "cannot identify image file"
-    except Image.DecompressionBombError as error:
-        return str(error)
-    except (OSError, SyntaxError, ValueError, EOFError) as error:  # what PIL's plugins raise
-        return (getattr(error, "strerror", None) or str(error) or type(error).__name__).splitlines()[0]
+        check_image(path, max_pixels=max_pixels)
+    except ImageError as error:
+        return error.reason
     return None
 
 
@@ -133,7 +123,7 @@ def _with_image_check(row: Quadruplet | BadRow, missing: set[Path],
         if path in missing:
             return BadRow(row.source, f"{kind} image not found: {path}")
         if path in corrupt:
-            return BadRow(row.source, f"corrupt {kind} image {path} ({corrupt[path]})")
+            return BadRow(row.source, f"{kind} image {path}: {corrupt[path]}")
     return row
 
 
@@ -160,9 +150,9 @@ class _FolderListing:
 def _has_visu_rows(path: Path) -> bool:
     """Whether the first row of a JSON-lines file has ViSU fields rather than generic ones."""
     try:
-        with path.open(encoding="utf-8") as lines:
-            first = next((line for line in lines if line.strip()), "")
-        row = json.loads(first)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        with path.open("rb") as lines:
+            first = next((line for line in lines if line.strip()), b"")
+        row = json.loads(first.decode("utf-8", "replace"))
+    except (OSError, json.JSONDecodeError):
         return False  # read_jsonl reports the problem with its line number
     return isinstance(row, dict) and _VISU_FIELDS <= row.keys() and "safe_text" not in row

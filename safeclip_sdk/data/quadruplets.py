@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import DataError
 
 
 @dataclass(frozen=True)
@@ -14,7 +18,7 @@ class Quadruplet:
     unsafe_text: str
     safe_image: Path
     unsafe_image: Path | None = None
-    category: str | None = None  # one of the 20 categories (see categories.py), normalised
+    category: str | None = None  # the user's label; known ones normalised (see categories.py)
     label: str | None = None  # class name of the safe image's subject, for zero-shot checks
     source: str = ""  # "file:line", used in messages
 
@@ -71,3 +75,26 @@ def _checked_text(value: object, field: str) -> str:
     if not value.strip():
         raise RowError(f"field '{field}' is empty")
     return value.strip()
+
+
+def read_text_lines(path: Path) -> Iterator[tuple[str, str | RowError]]:
+    """``("file:LINE", text)`` for each line of a file (a leading UTF-8 BOM dropped), or a
+    :class:`RowError` in place of the text of a line that is not UTF-8."""
+    try:
+        with path.open("rb") as lines:
+            for number, raw in enumerate(lines, start=1):
+                if number == 1:
+                    raw = raw.removeprefix(codecs.BOM_UTF8)
+                try:
+                    yield f"{path}:{number}", raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    yield f"{path}:{number}", RowError(not_utf8_reason(error))
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from error
+
+
+def not_utf8_reason(error: UnicodeDecodeError) -> str:
+    """``not UTF-8 (invalid start byte 0xff at byte 13 of the line; ...)``: why a line failed."""
+    byte = error.object[error.start:error.start + 1].hex()
+    return (f"not UTF-8 ({error.reason} 0x{byte} at byte {error.start + 1} of the line; "
+            f"save the file as UTF-8)")

@@ -6,21 +6,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from .. import images
+from ..errors import DataError, ImageError
 from .quadruplets import Quadruplet
 
 
-def load_image(path: Path, preprocess: Callable, source: str = "") -> torch.Tensor:
-    """An image file as a preprocessed tensor (RGB first, so grey and RGBA images work)."""
+def load_image(path: Path, preprocess: Callable, source: str = "", *,
+               max_pixels: int = images.DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """An image file as a preprocessed tensor, decoded by :func:`safeclip_sdk.images.load_image`
+    (the Encoder's loader: EXIF orientation, mode conversion, pixel limit).
+
+    Raises ``DataError`` ``"{source}: {path}: {what is wrong}"``, e.g. for a file deleted or
+    damaged since :func:`~safeclip_sdk.data.load_dataset` checked it.
+    """
     try:
-        with Image.open(path) as image:
-            return preprocess(image.convert("RGB"))
-    except OSError as error:  # deleted or damaged since load_dataset checked it
-        where = f"{source}: " if source else ""
-        raise DataError(f"{where}cannot read image {path} ({error})") from error
+        return preprocess(images.load_image(path, max_pixels=max_pixels))
+    except ImageError as error:
+        raise DataError(f"{source}: {error}" if source else str(error)) from error
 
 
 def tokenize(tokenizer: Callable, text: str) -> torch.Tensor:

@@ -9,17 +9,20 @@ need not be contiguous integers), or JSON lines.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
 from .categories import normalize_category
-from .quadruplets import BadRow, Quadruplet, RowError, required_text
+from .quadruplets import BadRow, Quadruplet, RowError, read_text_lines, required_text
 
 COCO_FOLDERS = ("train2017", "val2017")
 UNSAFE_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # preference order when several exist
+_SURROGATE = re.compile("[\udc80-\udcff]")  # what surrogateescape decodes a non-UTF-8 byte to
 
 
 def read_visu(path: Path, *, image_root: Path | None, unsafe_image_root: Path | None = None,
@@ -48,22 +51,18 @@ def read_visu(path: Path, *, image_root: Path | None, unsafe_image_root: Path | 
     return rows
 
 
-def _read_text(path: Path) -> str:
+def _read_json_records(path: Path) -> list[tuple[str, Any]]:
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+        raw = path.read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from error
-
-
-def _read_json_records(path: Path) -> list[tuple[str, Any]]:
-    text = _read_text(path)
+    # bytes that are not UTF-8 survive decoding as lone surrogates and are found per row below
+    text = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         if error.msg == "Extra data":  # one JSON value per line, saved with a .json name
-            return _read_json_lines(path, text)
+            return _read_json_lines(path)
         raise DataError(f"{path}: not valid JSON ({error.msg} at line {error.lineno} "
                         f"column {error.colno})") from error
     if isinstance(document, dict) and "data" in document:
@@ -73,20 +72,36 @@ def _read_json_records(path: Path) -> list[tuple[str, Any]]:
     if not isinstance(document, list):
         raise DataError(f"{path}: expected a list of rows, {{\"data\": rows}} or an object of rows "
                         f"keyed by id")
-    return [(f"{path}:row {number}", row) for number, row in enumerate(document, start=1)]
+    records = []
+    for number, row in enumerate(document, start=1):
+        problem = _undecodable_field(row, raw)
+        records.append((f"{path}:row {number}", RowError(problem) if problem else row))
+    return records
 
 
-def _read_json_lines(path: Path, text: str | None = None) -> list[tuple[str, Any]]:
-    text = _read_text(path) if text is None else text
+def _undecodable_field(row: Any, raw: bytes) -> str | None:
+    """Why a row of a JSON document holds bytes that are not UTF-8, with the file line they are on."""
+    if not isinstance(row, dict):
+        return None
+    for field, value in row.items():
+        if isinstance(value, str) and _SURROGATE.search(value):
+            offset = raw.find(value.encode("utf-8", "surrogateescape"))
+            line = raw.count(b"\n", 0, offset) + 1
+            where = f" on line {line}" if offset >= 0 else ""
+            return f"not UTF-8 (field '{field}'{where} holds bytes that are not UTF-8; save the file as UTF-8)"
+    return None
+
+
+def _read_json_lines(path: Path) -> list[tuple[str, Any]]:
     records: list[tuple[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append((f"{path}:{number}", json.loads(line)))
-        except json.JSONDecodeError as error:
-            problem = RowError(f"not valid JSON ({error.msg} at column {error.colno})")
-            records.append((f"{path}:{number}", problem))
+    for source, line in read_text_lines(path):
+        if isinstance(line, RowError):
+            records.append((source, line))
+        elif line.strip():
+            try:
+                records.append((source, json.loads(line)))
+            except json.JSONDecodeError as error:
+                records.append((source, RowError(f"not valid JSON ({error.msg} at column {error.colno})")))
     return records
 
 
@@ -97,10 +112,7 @@ def _parse_row(row: Any, source: str, image_root: Path, coco_images: dict[str, P
     safe_text = required_text(row, "safe")
     unsafe_text = required_text(row, "nsfw")
     coco_name = f"{_non_negative_int(row, 'coco_id'):012d}.jpg"
-    try:
-        category = normalize_category(required_text(row, "tag"))
-    except ValueError as error:
-        raise RowError(str(error)) from error
+    category = normalize_category(required_text(row, "tag"))
     safe_image = coco_images.get(coco_name)
     if safe_image is None:
         raise RowError(f"COCO image {coco_name} is in neither {image_root / COCO_FOLDERS[0]} "
