@@ -1,1 +1,39 @@
-"""Vector-database integrations (installed as ``safeclip_sdk.integrations``)."""
+"""Vector-database integrations (installed as ``safeclip_sdk.integrations``).
+
+``open_store(target)`` is the one entry point: a folder or ``":memory:"`` opens qdrant-client's
+embedded local mode, an ``http(s)://host:6333`` URL a Qdrant server (API key from the environment
+variable ``QDRANT_API_KEY``). Both return a :class:`~.base.VectorStore`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .base import (DEFAULT_VECTOR, Hit, MissingCollectionError, Point, Range, StoreError, VectorSpec,
+                   VectorStore)
+from .retry import RetryPolicy
+
+__all__ = ["open_store", "VectorStore", "VectorSpec", "Point", "Hit", "Range", "StoreError",
+           "MissingCollectionError", "RetryPolicy", "DEFAULT_VECTOR"]
+
+
+def open_store(target: str | os.PathLike | VectorStore, *, timeout: float = 10.0, retries: int = 4,
+               retry_base_delay: float = 0.5, retry_max_delay: float = 10.0) -> VectorStore:
+    """Open the vector database at ``target``.
+
+    Args:
+        target: a local folder or ``":memory:"`` (qdrant-client local mode; one process per
+            folder), or a Qdrant server URL such as ``https://host:6333``; an already open
+            store is returned as it is.
+        timeout: seconds a server request may take (rounded up to whole seconds).
+        retries: how many times a call that failed transiently (connection error, timeout,
+            HTTP 429 or 5xx) is tried again, with exponential backoff and full jitter.
+        retry_base_delay, retry_max_delay: the first retry waits up to ``retry_base_delay``
+            seconds, each further one up to twice as long, never more than ``retry_max_delay``.
+    """
+    if isinstance(target, VectorStore):
+        return target
+    from .qdrant import QdrantStore
+
+    policy = RetryPolicy(attempts=retries + 1, base_delay=retry_base_delay, max_delay=retry_max_delay)
+    return QdrantStore.open(target, timeout=timeout, retry=policy)

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from safeclip_sdk.errors import SafeclipError
+
 PointId = int | str
 DEFAULT_VECTOR = ""
 DISTANCES = ("cosine", "dot", "euclid")
@@ -64,8 +66,15 @@ class Range:
     lt: float | None = None
 
 
-class StoreError(Exception):
-    """A store call that failed after its retries; the message names the store, never a secret."""
+class StoreError(SafeclipError):
+    """A store call that failed (after its retries, if the failure was transient).
+
+    The message is one line that names the store, never a secret.
+    """
+
+
+class MissingCollectionError(StoreError):
+    """The collection (or alias) a call names does not exist."""
 
 
 class VectorStore(ABC):
