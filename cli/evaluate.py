@@ -1,4 +1,5 @@
-"""``safeclip eval``: a thin wrapper over :func:`safeclip_sdk.evaluation.evaluate`."""
+"""``safeclip eval``: a thin wrapper over :func:`safeclip_sdk.evaluation.evaluate`, and with
+``--deployment`` over :func:`safeclip_sdk.deployment.compare_deployments`."""
 
 from __future__ import annotations
 
@@ -26,15 +27,36 @@ BASE_NAME = "base"
 @click.option("--json", "json_path", help="Write the full report (all metrics, per category) here.")
 @click.option("--markdown", "markdown_path", help="Write the Markdown table here.")
 @click.option("--skip-bad", is_flag=True, help="Skip bad dataset rows instead of stopping.")
+@click.option("--deployment", is_flag=True, help="Compare deployments of one safe MODEL over a collection embedded "
+                                                 "with the base: base, query-side, full reindex, side-by-side.")
+@click.option("--val-data", help="With --deployment: validation quadruplets to calibrate the moderation "
+                                 "thresholds on [default: the test data itself, in-sample].")
+@click.option("--target-fpr", type=float, help="With --deployment: calibrate thresholds to flag at most this share "
+                                               "of safe items (e.g. 0.05) [default: maximise balanced accuracy].")
+@click.option("--plot", "plot_path", help="With --deployment: draw the shift score's ROC curves into this PNG.")
 def command(models, data, image_root, unsafe_image_root, base_source, base_pretrained, no_base, zero_shot_dir,
-            batch_size, num_workers, device, json_path, markdown_path, skip_bad):
+            batch_size, num_workers, device, json_path, markdown_path, skip_bad, deployment, val_data, target_fpr,
+            plot_path):
     """Compare MODELs (model folders or any base-model source) on the safe/unsafe retrieval
     protocol of the Safe-CLIP paper: R@1/10/20 for T->V, V->T, T*->V+V*, V*->T+T*, the unsafe
-    top-1 rate and zero-shot accuracy, one row per model."""
+    top-1 rate and zero-shot accuracy, one row per model.
+
+    With --deployment, measure which deployment of the one safe MODEL is safer, for unsafe and
+    safe queries, text and image queries, and recommend one."""
     from safeclip_sdk.evaluation import base_model_of, evaluate
 
     if no_base and (base_source or base_pretrained):
         raise click.UsageError("--no-base cannot be combined with --base or --base-pretrained")
+    if deployment:
+        return _compare_deployments(models, data, base_source=base_source, base_pretrained=base_pretrained,
+                                    no_base=no_base, zero_shot_dir=zero_shot_dir, val_data=val_data,
+                                    image_root=image_root, unsafe_image_root=unsafe_image_root, skip_bad=skip_bad,
+                                    batch_size=batch_size, device=device, num_workers=num_workers,
+                                    target_fpr=target_fpr, json_path=json_path, markdown_path=markdown_path,
+                                    plot_path=plot_path)
+    for name, value in (("--val-data", val_data), ("--target-fpr", target_fpr), ("--plot", plot_path)):
+        if value is not None:
+            raise click.UsageError(f"{name} needs --deployment")
     specs = {}
     if not no_base:
         base = (base_source, base_pretrained) if base_source else base_model_of(models[0])
@@ -50,6 +72,26 @@ def command(models, data, image_root, unsafe_image_root, base_source, base_pretr
     click.echo(report.to_markdown(), nl=False)
     report.save(json_path=json_path, markdown_path=markdown_path)
     for path in (json_path, markdown_path):
+        if path:
+            click.echo(f"wrote {path}", err=True)
+
+
+def _compare_deployments(models, data, *, base_source, base_pretrained, no_base, zero_shot_dir, json_path,
+                         markdown_path, plot_path, **options):
+    from safeclip_sdk.deployment import compare_deployments
+    from safeclip_sdk.evaluation import base_model_of
+
+    if len(models) != 1:
+        raise click.UsageError(f"--deployment compares one safe MODEL with its base, got {len(models)} models")
+    if no_base or zero_shot_dir:
+        raise click.UsageError("--deployment cannot be combined with --no-base or --zero-shot-dir")
+    base = (base_source, base_pretrained) if base_source else base_model_of(models[0])
+    if base is None:
+        raise click.UsageError(f"{models[0]} records no base model (safeclip.json); pass --base SOURCE")
+    report = compare_deployments((base[0], base_pretrained or base[1]), models[0], data, **options)
+    click.echo(report.to_markdown(), nl=False)
+    report.save(json_path=json_path, markdown_path=markdown_path, plot_path=plot_path)
+    for path in (json_path, markdown_path, plot_path):
         if path:
             click.echo(f"wrote {path}", err=True)
 
