@@ -36,7 +36,7 @@ MIN_W = 1e-12
 MAX_SCALED_TANGENT_NORM = math.asinh(2.0 ** 15)
 
 
-def _full_precision(fn):
+def full_precision(fn):
     """Run ``fn`` with autocast off on the device of its first tensor argument."""
 
     @functools.wraps(fn)
@@ -48,7 +48,8 @@ def _full_precision(fn):
     return wrapper
 
 
-def _float(x: Tensor) -> Tensor:
+def as_float(x: Tensor) -> Tensor:
+    """``x`` in at least fp32 (fp16/bf16 become fp32, float64 stays float64)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
@@ -58,7 +59,7 @@ def _sqrt_curv(curv: float | Tensor, like: Tensor) -> Tensor:
 
 def _scaled(x: Tensor, curv: float | Tensor) -> Tensor:
     """``sqrt(c) * x``: in these units the hyperboloid has curvature -1."""
-    x = _float(x)
+    x = as_float(x)
     return x * _sqrt_curv(curv, x)
 
 
@@ -66,24 +67,24 @@ def _scaled_time(a: Tensor) -> Tensor:
     return torch.sqrt(1.0 + (a * a).sum(dim=-1))
 
 
-@_full_precision
+@full_precision
 def time_component(x: Tensor, curv: float | Tensor) -> Tensor:
     """The time component ``sqrt(1/c + |x|^2)`` of points ``x`` ``[..., D]``; shape ``[...]``."""
-    x = _float(x)
+    x = as_float(x)
     return _scaled_time(_scaled(x, curv)) / _sqrt_curv(curv, x)
 
 
-@_full_precision
+@full_precision
 def lorentz_inner(x: Tensor, y: Tensor, curv: float | Tensor) -> Tensor:
     """Row-wise Lorentz inner product ``x.y - x_t * y_t`` of matching points; shape ``[...]``."""
-    x, y = _float(x), _float(y)
+    x, y = as_float(x), as_float(y)
     return (x * y).sum(dim=-1) - time_component(x, curv) * time_component(y, curv)
 
 
-@_full_precision
+@full_precision
 def pairwise_inner(x: Tensor, y: Tensor, curv: float | Tensor) -> Tensor:
     """Lorentz inner products between all rows of ``x`` ``[N, D]`` and ``y`` ``[M, D]``: ``[N, M]``."""
-    x, y = _float(x), _float(y)
+    x, y = as_float(x), as_float(y)
     return x @ y.T - time_component(x, curv)[:, None] * time_component(y, curv)[None, :]
 
 
@@ -98,7 +99,7 @@ def _acosh1p(w: Tensor) -> Tensor:
     return torch.where(w > MIN_W, value, torch.zeros_like(value))
 
 
-@_full_precision
+@full_precision
 def distance(x: Tensor, y: Tensor, curv: float | Tensor) -> Tensor:
     """Geodesic distance between matching rows of ``x`` and ``y``; shape ``[...]``.
 
@@ -112,7 +113,7 @@ def distance(x: Tensor, y: Tensor, curv: float | Tensor) -> Tensor:
     return _acosh1p(w) / _sqrt_curv(curv, a)
 
 
-@_full_precision
+@full_precision
 def pairwise_distance(x: Tensor, y: Tensor, curv: float | Tensor) -> Tensor:
     """Geodesic distances between all rows of ``x`` ``[N, D]`` and ``y`` ``[M, D]``: ``[N, M]``.
 
@@ -129,39 +130,39 @@ def pairwise_distance(x: Tensor, y: Tensor, curv: float | Tensor) -> Tensor:
     return _acosh1p(w) / _sqrt_curv(curv, a)
 
 
-@_full_precision
+@full_precision
 def distance_to_origin(x: Tensor, curv: float | Tensor) -> Tensor:
     """Geodesic distance of points ``x`` ``[..., D]`` from the origin, ``asinh(sqrt(c)|x|)/sqrt(c)``."""
     a = _scaled(x, curv)
     return torch.asinh(torch.linalg.vector_norm(a, dim=-1)) / _sqrt_curv(curv, a)
 
 
-@_full_precision
+@full_precision
 def exp_map0(v: Tensor, curv: float | Tensor) -> Tensor:
     """Map tangent vectors ``v`` at the origin onto the hyperboloid (space components returned).
 
     ``x = sinh(r)/r * v`` with ``r = sqrt(c)|v|``; the point lies at distance ``|v|`` from the
     origin along direction ``v``. Saturates at ``r = MAX_SCALED_TANGENT_NORM``.
     """
-    v = _float(v)
+    v = as_float(v)
     r = torch.linalg.vector_norm(_scaled(v, curv), dim=-1, keepdim=True)
     r_safe = r.clamp_min(MIN_NORM)
     return torch.sinh(r_safe.clamp_max(MAX_SCALED_TANGENT_NORM)) / r_safe * v
 
 
-@_full_precision
+@full_precision
 def log_map0(x: Tensor, curv: float | Tensor) -> Tensor:
     """Inverse of :func:`exp_map0`: the tangent vector at the origin pointing to ``x``.
 
     ``v = asinh(r)/r * x`` with ``r = sqrt(c)|x|``, so ``|v|`` is the distance to the origin.
     """
-    x = _float(x)
+    x = as_float(x)
     r = torch.linalg.vector_norm(_scaled(x, curv), dim=-1, keepdim=True)
     r_safe = r.clamp_min(MIN_NORM)
     return torch.asinh(r_safe) / r_safe * x
 
 
-@_full_precision
+@full_precision
 def half_aperture(x: Tensor, curv: float | Tensor, min_radius: float = 0.1) -> Tensor:
     """Half-aperture ``asin(2K / (sqrt(c)|x|))`` of the entailment cone at ``x``; shape ``[...]``.
 
@@ -172,7 +173,7 @@ def half_aperture(x: Tensor, curv: float | Tensor, min_radius: float = 0.1) -> T
     return torch.asin((2.0 * min_radius / r).clamp(-1.0 + ANGLE_EPS, 1.0 - ANGLE_EPS))
 
 
-@_full_precision
+@full_precision
 def exterior_angle(x: Tensor, y: Tensor, curv: float | Tensor) -> Tensor:
     """Exterior angle at ``x`` of the triangle (origin, ``x``, ``y``), in ``[0, pi]``; shape ``[...]``.
 
@@ -192,7 +193,7 @@ def exterior_angle(x: Tensor, y: Tensor, curv: float | Tensor) -> Tensor:
     return torch.acos(cosine)
 
 
-@_full_precision
+@full_precision
 def entailment_loss(general: Tensor, specific: Tensor, curv: float | Tensor,
                     min_radius: float = 0.1, aperture_scale: float = 1.0) -> Tensor:
     """Mean of ``max(0, phi(general, specific) - aperture_scale * omega(general))`` over rows.
