@@ -8,13 +8,25 @@ A model source is one of:
   the layout safeclip writes, so a trained model loads back the same way);
 - a Hugging Face ``CLIPModel`` folder (``config.json`` + ``model.safetensors``), converted into
   the open_clip module.
+
+A folder written by :func:`save_model_dir` records the sha256 of its weights file in
+``safeclip.json`` (``"weights": {"file", "sha256"}``); loading refuses a file that no longer
+matches. Folders without that record (older safeclip folders, plain open_clip ``local-dir:``
+folders) load unchecked. Weights files that cannot be used (truncated or corrupt, tensors that
+do not fit the config, a pickle that ``weights_only`` loading refuses) raise one line naming
+the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import pickle
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +40,10 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 HF_CONFIG = "config.json"
+METADATA_FILE = "safeclip.json"
+# the weights files open_clip looks for in a local-dir: folder, in its order of preference
+LOCAL_DIR_WEIGHTS = (OPEN_CLIP_WEIGHTS, "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
+                     "open_clip_pytorch_model.pth")
 
 _configs_registered = False
 
@@ -94,7 +110,7 @@ def _preprocess_cfg_of(model: torch.nn.Module) -> dict[str, Any]:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelLoadError(f"{path}: cannot read JSON ({error})") from error
 
 
@@ -111,14 +127,96 @@ def _load_local_dir(path: Path, source: str, device: str | torch.device) -> Load
     config = _read_json(path / OPEN_CLIP_CONFIG)
     if "model_cfg" not in config:
         raise ModelLoadError(f"{path / OPEN_CLIP_CONFIG}: missing 'model_cfg'")
-    if not any((path / name).is_file() for name in (OPEN_CLIP_WEIGHTS, "open_clip_pytorch_model.safetensors",
-                                                    "open_clip_pytorch_model.bin")):
+    weights = next((path / name for name in LOCAL_DIR_WEIGHTS if (path / name).is_file()), None)
+    if weights is None:
         raise ModelLoadError(f"{path}: open_clip_config.json found but no weights file ({OPEN_CLIP_WEIGHTS})")
-    model = open_clip.create_model(f"local-dir:{path}", device=device, weights_only=True)
-    metadata_path = path / "safeclip.json"
+    metadata_path = path / METADATA_FILE
     metadata = _read_json(metadata_path) if metadata_path.is_file() else {}
+    verify_weights(path, metadata)
+    with weights_errors(weights):
+        model = open_clip.create_model(f"local-dir:{path}", device=device, weights_only=True)
     preprocess_cfg = _preprocess_cfg_of(model)
     return LoadedModel(model, config["model_cfg"], preprocess_cfg, source, None, metadata)
+
+
+def verify_weights(folder: Path, metadata: dict[str, Any]) -> None:
+    """ModelLoadError unless the weights file recorded in ``safeclip.json`` still has its sha256.
+
+    A folder whose metadata records no ``weights`` entry passes unchecked.
+    """
+    entry = metadata.get("weights") if isinstance(metadata, dict) else None
+    if entry is None:
+        return
+    where = folder / METADATA_FILE
+    if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha256"), str)):
+        raise ModelLoadError(f"{where}: 'weights' must be {{\"file\": name, \"sha256\": hex digest}}")
+    name = entry["file"]
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise ModelLoadError(f"{where}: 'weights.file' must be a file name inside the folder, got {name!r}")
+    weights = folder / name
+    if not weights.is_file():
+        raise ModelLoadError(f"{weights}: listed in {METADATA_FILE} but missing")
+    actual = file_sha256(weights)
+    if actual != entry["sha256"]:
+        raise ModelLoadError(f"{weights}: sha256 {actual[:12]}... does not match {entry['sha256'][:12]}... recorded "
+                             f"in {METADATA_FILE} (the file changed after the folder was saved)")
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) "
+                            r"from checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)")
+_KEYS = re.compile(r"(Missing|Unexpected) key\(s\) in state_dict: ((?:\"[^\"]*\"(?:, )?)+)")
+
+
+@contextmanager
+def weights_errors(weights: str | os.PathLike) -> Iterator[None]:
+    """Turn what torch, safetensors and open_clip raise on a bad weights file into one line
+    naming the file (never torch's advice to turn ``weights_only`` off)."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except pickle.UnpicklingError as error:
+        needed = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        detail = f" (it needs {needed.group(1)})" if needed else ""
+        raise ModelLoadError(f"{weights}: refused: the file holds pickled Python objects{detail}, which safe "
+                             f"loading (weights_only) does not run; save the weights as safetensors") from error
+    except SafetensorError as error:
+        raise ModelLoadError(f"{weights}: corrupt or truncated safetensors file ({_first_line(error)})") from error
+    except RuntimeError as error:
+        raise ModelLoadError(f"{weights}: {_state_dict_problem(error)}") from error
+    except (OSError, EOFError, ValueError) as error:
+        raise ModelLoadError(f"{weights}: cannot read the weights ({_first_line(error)})") from error
+
+
+def _state_dict_problem(error: RuntimeError) -> str:
+    text = str(error)
+    mismatches = _SIZE_MISMATCH.findall(text)
+    if mismatches:
+        name, in_file, in_model = mismatches[0]
+        more = f" (and {len(mismatches) - 1} more tensor{'s' if len(mismatches) > 2 else ''})" \
+            if len(mismatches) > 1 else ""
+        return (f"tensor '{name}' has shape {in_file} but the model config needs {in_model}{more}: "
+                f"the weights belong to another architecture")
+    keys = {kind: re.findall(r'"([^"]*)"', names) for kind, names in _KEYS.findall(text)}
+    if keys:
+        parts = [f"{kind.lower()} tensors {', '.join(repr(k) for k in names[:3])}"
+                 + (f" (+{len(names) - 3} more)" if len(names) > 3 else "") for kind, names in keys.items()]
+        return f"the tensors do not fit the model config: {'; '.join(parts)}"
+    if "PytorchStreamReader" in text:  # torch's checkpoints are zip files
+        return f"corrupt or truncated checkpoint ({_first_line(error).split('. ')[0]})"
+    return _first_line(error)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in chunks (weights, encoders and engines can be gigabytes)."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _load_hf_clip_dir(path: Path, source: str, device: str | torch.device) -> LoadedModel:
@@ -183,10 +281,14 @@ def _load_architecture(name: str, pretrained: str | None, device) -> LoadedModel
         tags = [tag for arch, tag in open_clip.list_pretrained() if arch == name]
         raise ModelLoadError(f"pretrained '{pretrained}' for {name}: neither a file nor a known tag "
                              f"(known: {', '.join(tags) or 'none'})")
-    try:
-        model = open_clip.create_model(name, pretrained=pretrained or None, device=device, weights_only=True)
-    except (RuntimeError, OSError) as error:
-        raise ModelLoadError(f"{name} ({pretrained}): {str(error).splitlines()[0]}") from error
+    if pretrained and Path(pretrained).is_file():
+        with weights_errors(pretrained):
+            model = open_clip.create_model(name, pretrained=pretrained, device=device, weights_only=True)
+    else:
+        try:
+            model = open_clip.create_model(name, pretrained=pretrained or None, device=device, weights_only=True)
+        except (RuntimeError, OSError) as error:
+            raise ModelLoadError(f"{name} ({pretrained}): {_first_line(error)}") from error
     return LoadedModel(model, dict(model_cfg), _preprocess_cfg_of(model), name, pretrained)
 
 
@@ -213,7 +315,9 @@ def save_model_dir(out_dir: str | os.PathLike, model: torch.nn.Module, model_cfg
                    model_card: str | None = None) -> Path:
     """Write an open_clip ``local-dir:`` folder: config, safetensors weights, safeclip.json, card.
 
-    Each file is written to a temporary name and renamed, so a crash never leaves a torn file.
+    ``safeclip.json`` holds ``metadata`` plus the sha256 of the weights file (``"weights"``),
+    which :func:`load_model` checks. Each file is written to a temporary name and renamed, so a
+    crash never leaves a torn file.
     """
     from safetensors.torch import save_file
 
@@ -223,8 +327,9 @@ def save_model_dir(out_dir: str | os.PathLike, model: torch.nn.Module, model_cfg
     atomic_write(out / OPEN_CLIP_WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
     atomic_write_text(out / OPEN_CLIP_CONFIG, json.dumps(config, indent=2))
-    if metadata is not None:
-        atomic_write_text(out / "safeclip.json", json.dumps(metadata, indent=2, default=str))
+    weights = {"file": OPEN_CLIP_WEIGHTS, "sha256": file_sha256(out / OPEN_CLIP_WEIGHTS)}
+    metadata = {**(metadata or {}), "weights": weights}
+    atomic_write_text(out / METADATA_FILE, json.dumps(metadata, indent=2, default=str))
     if model_card is not None:
         atomic_write_text(out / "README.md", model_card)
     logging.getLogger(__name__).info("saved model folder %s", out)
