@@ -3,25 +3,31 @@
 A checkpoint folder holds ``trainable.safetensors`` (the parameters being trained),
 ``training_state.pt`` (optimizer, scheduler, grad-scaler and random-number states: plain tensors
 and numbers, loaded with ``torch.load(weights_only=True)``) and ``state.json`` (progress).
-``checkpoints/latest`` names the newest complete checkpoint.
+``checkpoints/latest`` names the newest complete checkpoint; when it names one that is gone or
+damaged, resuming falls back to the newest checkpoint that still loads.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import SafeclipError
 from .models import atomic_write_text
 
 LATEST = "latest"
+CHECKPOINT_FILES = ("trainable.safetensors", "training_state.pt", "state.json")
+_STEP_NAME = re.compile(r"step-\d+")
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -61,21 +67,39 @@ def _prune(checkpoint_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+def resume_candidates(checkpoint_dir: Path) -> list[Path]:
+    """Checkpoint folders to resume from, in order: the one ``latest`` names, then the others
+    newest first (a fallback for when ``latest`` names a deleted or damaged checkpoint)."""
+    named = None
     pointer = checkpoint_dir / LATEST
-    if not pointer.is_file():
-        return None
-    path = checkpoint_dir / pointer.read_text().strip()
-    return path if (path / "state.json").is_file() else None
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        named = checkpoint_dir / name if _STEP_NAME.fullmatch(name) else None
+    others = sorted((path for path in checkpoint_dir.glob("step-*") if _STEP_NAME.fullmatch(path.name)
+                     and path.is_dir() and path != named), reverse=True)
+    return ([named] if named is not None else []) + others
+
+
+def has_checkpoints(checkpoint_dir: Path) -> bool:
+    """Whether a run folder's checkpoint folder holds anything a run left behind."""
+    return (checkpoint_dir / LATEST).is_file() or any(checkpoint_dir.glob("step-*"))
 
 
 def load_checkpoint(path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict]:
     """(trainable tensors, training state, progress) of a checkpoint folder."""
+    if not path.is_dir():
+        raise SafeclipError(f"{path}: checkpoint is missing")
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        raise SafeclipError(f"{path}: incomplete checkpoint ({missing[0]} is missing)")
     try:
         trainable = load_file(str(path / "trainable.safetensors"), device=str(device))
         # optimizer.load_state_dict moves its tensors to the parameters' device; RNG states must stay on CPU
         training_state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
         progress = json.loads((path / "state.json").read_text())
-    except (OSError, RuntimeError, json.JSONDecodeError) as error:
-        raise SafeclipError(f"{path}: unreadable checkpoint ({str(error).splitlines()[0]})") from error
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SafeclipError(f"{path}: unreadable checkpoint ({reason})") from None
+    if not isinstance(progress, dict) or not isinstance(training_state, dict):
+        raise SafeclipError(f"{path}: unreadable checkpoint (unexpected content)")
     return trainable, training_state, progress

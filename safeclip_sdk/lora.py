@@ -26,6 +26,7 @@ from .errors import SafeclipError
 ensure_torchvision()  # peft imports transformers, which imports torchvision
 import peft  # noqa: E402
 from peft.tuners.lora import LoraLayer  # noqa: E402
+from peft.tuners.lora.layer import MultiheadAttention as LoraMultiheadAttention  # noqa: E402
 
 TOWERS = ("both", "text")
 PATCH_EMBEDDING = "conv1"
@@ -81,9 +82,32 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> peft.PeftModel:
     _check_matches(model, matched, config)
     peft_config = peft.LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                                   target_modules=pattern, bias="none")
+    peft_config._register_custom_module({nn.MultiheadAttention: ExactMultiheadAttention})
     was_training = model.training
     peft_model = peft.get_peft_model(model, peft_config)
     return peft_model.train(was_training)  # the new dropout layers start in train mode
+
+
+class ExactMultiheadAttention(LoraMultiheadAttention):
+    """peft's LoRA attention, leaving the frozen weights bit-for-bit unchanged by a forward.
+
+    peft adds the adapters' delta into the frozen in/out projection weights before each forward
+    and subtracts it afterwards; ``(w + d) - d`` is not ``w`` in floating point, so the frozen
+    weights drift by a rounding error at every call (and a resumed run, which reloads them,
+    would diverge from an uninterrupted one). This puts the original tensors back instead.
+    """
+
+    def forward(self, query: Tensor, *args, **kwargs):
+        base = self.get_base_layer()
+        out_proj = base.out_proj.get_base_layer()
+        restore = not (self.merged or self.disable_adapters)
+        in_weight, out_weight = base.in_proj_weight.data, out_proj.weight.data
+        try:
+            return super().forward(query, *args, **kwargs)
+        finally:
+            if restore:
+                base.in_proj_weight.data = in_weight
+                out_proj.weight.data = out_weight
 
 
 def merge_lora(peft_model: nn.Module) -> nn.Module:

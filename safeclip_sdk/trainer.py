@@ -27,7 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, resume_candidates, save_checkpoint
 from .config import TrainConfig
 from .devices import resolve_device
 from .distributed import DistributedContext, all_reduce_sum, gather_batch
@@ -83,6 +83,23 @@ def _concatenated(parts: list[Features]) -> Features:
 
 def _floats(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, float]:
     return {"loss": float(loss.detach()), **{name: float(value) for name, value in terms.items()}}
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log records up to ``step``: a run restarted from a checkpoint (or from step 0)
+    logs the steps after it again, and must not leave the first attempt's records beside them."""
+    if not path.is_file():
+        return
+    from .models import atomic_write_text
+
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # e.g. a line cut short by a kill
+            continue
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -309,19 +326,38 @@ class Trainer:
         save_checkpoint(self.checkpoint_dir, self.progress.step, self.trainable_state(), training_state, progress)
 
     def resume(self) -> bool:
-        """Restore the latest checkpoint of this run folder; False when there is none."""
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
-            return False
-        trainable, training_state, progress = load_checkpoint(path, self.device)
+        """Restore the latest checkpoint of this run folder; False when there is none.
+
+        When ``checkpoints/latest`` names a checkpoint that is missing or does not load, the
+        newest one that does is used, with a warning; checkpoints that all fail to load are an
+        error, never a silent restart from step 0.
+        """
+        candidates = resume_candidates(self.checkpoint_dir)
+        failures: list[str] = []
+        for path in candidates:
+            try:
+                trainable, training_state, progress = load_checkpoint(path, self.device)
+            except SafeclipError as error:
+                failures.append(str(error))
+                continue
+            if failures and self.context.is_main:
+                logger.warning("%s; resuming from the older %s instead", failures[0], path.name)
+            self._restore(trainable, training_state, progress)
+            logger.info("resumed from %s (step %d, epoch %d)", path, self.progress.step, self.progress.epoch)
+            return True
+        if failures:
+            raise SafeclipError(f"no checkpoint in {self.checkpoint_dir} can be resumed ({failures[-1]}); "
+                                f"delete that folder to start over")
+        return False
+
+    def _restore(self, trainable: dict[str, torch.Tensor], training_state: dict[str, Any],
+                 progress: dict[str, Any]) -> None:
         self.load_trainable_state(trainable)
         self.optimizer.load_state_dict(training_state["optimizer"])
         self.scheduler.load_state_dict(training_state["scheduler"])
         self.scaler.load_state_dict(training_state["scaler"])
-        restore_rng_state(training_state["rng"])
         self.progress = TrainingProgress(**progress)
-        logger.info("resumed from %s (step %d, epoch %d)", path, self.progress.step, self.progress.epoch)
-        return True
+        restore_rng_state(training_state["rng"])
 
     def restore_best(self) -> None:
         """Load the weights of the best validation epoch, if validation ran."""
@@ -340,6 +376,7 @@ class Trainer:
         log_path = self.run_dir / "train_log.jsonl"
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            _trim_log(log_path, progress.step)
         try:
             while progress.epoch < config.epochs and progress.step < self.total_steps and not progress.stopped_early:
                 loader = self._loader(self.train_dataset, epoch=progress.epoch, start_micro_batch=progress.micro_batch)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .checkpoint import has_checkpoints
 from .config import TrainConfig, load_config, save_config, to_dict
 from .distributed import DistributedContext, init_distributed, shutdown_distributed
 from .errors import SafeclipError
@@ -26,9 +27,11 @@ from .trainer import Trainer, TrainingProgress
 
 logger = logging.getLogger(__name__)
 
-# Settings that may differ between a run and its resumption; everything else must match.
-RESUMABLE_CHANGES = {"resume", "epochs", "max_steps", "checkpoint_every", "log_every",
+# Settings that may differ between a run and its resumption; everything else must match. The run
+# folder itself may have moved (or be named by another path), so output_dir is not compared.
+RESUMABLE_CHANGES = {"resume", "output_dir", "epochs", "max_steps", "checkpoint_every", "log_every",
                      "early_stopping_patience", "data.num_workers"}
+PATH_SETTINGS = {"base_model", "pretrained", "data.train", "data.val", "data.image_root", "data.unsafe_image_root"}
 
 
 @dataclass
@@ -129,7 +132,7 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
                       val_dataset=dataset(val_set) if val_set is not None else None, device=device,
                       context=context)
     if config.resume and not trainer.resume() and context.is_main:
-        logger.info("nothing to resume in %s: starting from step 0", run_dir)
+        logger.info("no checkpoint in %s: starting from step 0", run_dir)
     progress = trainer.fit()
     trainer.restore_best()
 
@@ -153,22 +156,38 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
 
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, context: DistributedContext) -> None:
+    """Refuse to mix two runs in one folder; check that a resumed run keeps its settings."""
     saved_path = run_dir / "config.yaml"
-    if saved_path.is_file():
-        has_checkpoints = (run_dir / "checkpoints" / "latest").is_file()
-        if has_checkpoints and not config.resume:
-            raise SafeclipError(f"{run_dir} already holds a run; pass --resume to continue it "
-                                f"or choose another output_dir")
-        if config.resume:
-            saved = _flatten(to_dict(load_config(saved_path)))
-            current = _flatten(to_dict(config))
-            changed = sorted(key for key in current if key not in RESUMABLE_CHANGES and saved.get(key) != current[key])
-            if changed:
-                raise SafeclipError(f"cannot resume {run_dir}: '{changed[0]}' differs from the saved config "
-                                    f"({saved.get(changed[0])!r} -> {current[changed[0]]!r})")
+    checkpointed = has_checkpoints(run_dir / "checkpoints")
+    if checkpointed and not config.resume:
+        raise SafeclipError(f"{run_dir} already holds a run; pass --resume to continue it "
+                            f"or choose another output_dir")
+    if (run_dir / "train_log.jsonl").is_file() and not checkpointed:
+        if not config.resume:
+            raise SafeclipError(f"{run_dir} holds a run that stopped before its first checkpoint; pass --resume "
+                                f"to start it over (its train_log.jsonl is replaced) or choose another output_dir")
+        if context.is_main:
+            logger.warning("%s: the previous run stopped before its first checkpoint; starting over", run_dir)
+    if config.resume and checkpointed and saved_path.is_file():
+        saved = _flatten(to_dict(load_config(saved_path)))
+        current = _flatten(to_dict(config))
+        changed = sorted(key for key in current
+                         if key not in RESUMABLE_CHANGES and not _same_setting(key, saved.get(key), current[key]))
+        if changed:
+            raise SafeclipError(f"cannot resume {run_dir}: '{changed[0]}' differs from the saved config "
+                                f"({saved.get(changed[0])!r} -> {current[changed[0]]!r})")
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, saved_path)
+
+
+def _same_setting(key: str, saved: Any, current: Any) -> bool:
+    """Equal values; paths are equal when they name the same file (``data/x.jsonl`` and its absolute path)."""
+    if saved == current:
+        return True
+    if key in PATH_SETTINGS and isinstance(saved, str) and isinstance(current, str):
+        return Path(saved).expanduser().resolve() == Path(current).expanduser().resolve()
+    return False
 
 
 def _save_trained_model(model_dir: Path, base: LoadedModel, merged: torch.nn.Module, config: TrainConfig,

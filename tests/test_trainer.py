@@ -1,4 +1,7 @@
+import json
+import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -7,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from safeclip_sdk import SafeclipError
 from safeclip_sdk.config import SAFE_CLIP_REFERENCE_WEIGHTS
 from safeclip_sdk.sampling import ResumableBatchSampler
 from safeclip_sdk.trainer import Trainer
@@ -90,38 +94,104 @@ def _stop_after(step):
     return callback
 
 
-def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path):
-    # dropout on: the resumed run must also restore the random state to draw the same masks
-    config = dict(batch_size=4, epochs=2, checkpoint_every=2)
-    data = SyntheticQuadruplets(16)
+RESUME_CONFIG = dict(batch_size=4, epochs=2, checkpoint_every=2, log_every=1)
 
+
+def _interrupted_run(run_dir, data, step):
     encoder, objective = make_encoder_and_objective(lora_dropout=0.1)
-    straight = Trainer(encoder, objective, data, trainer_config(tmp_path / "straight", **config), tmp_path / "straight")
+    first = Trainer(encoder, objective, data, trainer_config(run_dir, **RESUME_CONFIG), run_dir,
+                    callbacks=[_stop_after(step)])
+    with pytest.raises(_Interrupt):
+        first.fit()
+
+
+def _fresh_trainer(run_dir, data):
+    """A new process's trainer: same base weights (they come from the pretrained checkpoint),
+    LoRA weights scrambled so that only a checkpoint can bring them back."""
+    encoder, objective = make_encoder_and_objective(lora_dropout=0.1)
+    trainer = Trainer(encoder, objective, data, trainer_config(run_dir, **RESUME_CONFIG), run_dir)
+    with torch.no_grad():
+        for p in trainer.parameters.values():
+            p.normal_()
+    return trainer
+
+
+def _logged_steps(run_dir):
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_interrupted_then_resumed_run_ends_with_bitwise_the_same_weights(tmp_path):
+    # dropout on: the resumed run must also restore the random state to draw the same masks
+    data = SyntheticQuadruplets(16)
+    encoder, objective = make_encoder_and_objective(lora_dropout=0.1)
+    straight = Trainer(encoder, objective, data, trainer_config(tmp_path / "straight", **RESUME_CONFIG),
+                       tmp_path / "straight")
     straight.fit()
     assert straight.progress.step == 8
 
     run_dir = tmp_path / "interrupted"
-    encoder, objective = make_encoder_and_objective(lora_dropout=0.1)
-    first = Trainer(encoder, objective, data, trainer_config(run_dir, **config), run_dir,
-                    callbacks=[_stop_after(5)])
-    with pytest.raises(_Interrupt):
-        first.fit()
+    _interrupted_run(run_dir, data, step=5)
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000004"
     assert not list((run_dir / "checkpoints").glob(".tmp*"))
 
-    # a new process: same base weights (they come from the pretrained checkpoint), LoRA weights
-    # scrambled so that only the checkpoint can bring them back
-    encoder, objective = make_encoder_and_objective(lora_dropout=0.1)
-    resumed = Trainer(encoder, objective, data, trainer_config(run_dir, **config), run_dir)
-    with torch.no_grad():
-        for p in resumed.parameters.values():
-            p.normal_()
+    resumed = _fresh_trainer(run_dir, data)
     assert resumed.resume()
     assert resumed.progress.step == 4
     resumed.fit()
     assert resumed.progress.step == 8
     for name, value in straight.trainable_state().items():
-        torch.testing.assert_close(resumed.trainable_state()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+        assert torch.equal(resumed.trainable_state()[name], value), name
+    # step 5, logged before the interruption, is logged once: by the resumed run
+    assert _logged_steps(run_dir) == _logged_steps(tmp_path / "straight")
+    assert [record["step"] for record in _logged_steps(run_dir)] == list(range(1, 9))
+
+
+def test_training_leaves_the_frozen_weights_bitwise_unchanged(tmp_path):
+    # peft merges LoRA into attention weights for each forward and subtracts it again, which
+    # rounds; the frozen weights must come out exactly as they went in
+    data = SyntheticQuadruplets(8)
+    encoder, objective = make_encoder_and_objective()
+    trainer = Trainer(encoder, objective, data, trainer_config(tmp_path, batch_size=4, epochs=2), tmp_path)
+    frozen = {name: p.detach().clone() for name, p in encoder.named_parameters() if not p.requires_grad}
+    assert any("in_proj_weight" in name for name in frozen)
+    initial = trainer.trainable_state()
+    trainer.fit()
+    assert any(not torch.equal(value, initial[name]) for name, value in trainer.trainable_state().items())
+    after = {name: p for name, p in encoder.named_parameters() if not p.requires_grad}
+    assert frozen.keys() == after.keys()
+    for name, value in frozen.items():
+        assert torch.equal(after[name], value), name
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog, damage):
+    data = SyntheticQuadruplets(16)
+    run_dir = tmp_path / "run"
+    _interrupted_run(run_dir, data, step=5)
+    newest = run_dir / "checkpoints" / "step-00000004"
+    if damage == "deleted":
+        shutil.rmtree(newest)
+    else:
+        weights = newest / "trainable.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    resumed = _fresh_trainer(run_dir, data)
+    with caplog.at_level(logging.WARNING, logger="safeclip_sdk.trainer"):
+        assert resumed.resume()
+    assert resumed.progress.step == 2
+    assert "step-00000004" in caplog.text and "resuming from the older step-00000002" in caplog.text
+
+
+def test_resume_refuses_when_no_checkpoint_loads(tmp_path):
+    data = SyntheticQuadruplets(16)
+    run_dir = tmp_path / "run"
+    _interrupted_run(run_dir, data, step=3)
+    (run_dir / "checkpoints" / "step-00000002" / "state.json").write_text("{not json")
+    with pytest.raises(SafeclipError, match="no checkpoint in .* can be resumed .*step-00000002: unreadable"):
+        _fresh_trainer(run_dir, data).resume()
+    # `latest` left pointing at nothing: an error too, not a silent start from step 0
+    shutil.rmtree(run_dir / "checkpoints" / "step-00000002")
+    with pytest.raises(SafeclipError, match="can be resumed .*step-00000002: checkpoint is missing"):
+        _fresh_trainer(run_dir, data).resume()
 
 
 def test_early_stopping_stops_when_the_validation_metric_does_not_improve(tmp_path):

@@ -1,6 +1,7 @@
 """End-to-end Safe-CLIP training on a small generated world, through the API and the CLI."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 
 from safeclip_sdk import SafeclipError, load_model
 from safeclip_sdk.cli.main import cli
+from safeclip_sdk.config import load_config, save_config
 from safeclip_sdk.data import build_demo_world
 from safeclip_sdk.models import open_clip_module
 from safeclip_sdk.training import train
@@ -117,3 +119,34 @@ def test_bad_rows_stop_the_run_before_training_unless_skipped(tiny_model_dir, wo
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert [row["source"] for row in report["bad_rows"]["train"]] == [f"{bad_file}:4"]
     assert report["train_items"] == 15
+
+
+def test_a_run_that_died_before_its_first_checkpoint_is_not_reused_silently(tiny_model_dir, world, tmp_path):
+    # what a run killed after its first logged step leaves: the saved config and a log, no checkpoint
+    run_dir = tmp_path / "run"
+    cfg = _write_yaml(tmp_path / "cfg.yaml", _config(tiny_model_dir, world, run_dir, log_every=1))
+    run_dir.mkdir()
+    save_config(load_config(cfg), run_dir / "config.yaml")
+    (run_dir / "train_log.jsonl").write_text(json.dumps({"step": 1, "epoch": 0, "loss": 999.0}) + "\n")
+
+    with pytest.raises(SafeclipError, match="stopped before its first checkpoint; pass --resume to start it over"):
+        train(cfg)
+    assert json.loads((run_dir / "train_log.jsonl").read_text())["loss"] == 999.0
+    assert train(cfg, resume=True).progress.step == 2
+    logged = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in logged] == [1, 2] and logged[0]["loss"] != 999.0
+
+
+def test_a_moved_run_folder_named_by_other_paths_resumes(tiny_model_dir, world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    relative_train = os.path.relpath(world["train"], tmp_path)
+    config = _config(tiny_model_dir, world, "run", data={"train": relative_train, "val": str(world["val"])})
+    assert train(_write_yaml(tmp_path / "cfg.yaml", config)).progress.step == 2
+
+    (tmp_path / "run").rename(tmp_path / "moved")
+    moved = _config(tiny_model_dir, world, str(tmp_path / "moved"),
+                    data={"train": str(world["train"]), "val": str(world["val"])})
+    result = train(_write_yaml(tmp_path / "moved.yaml", moved), resume=True, epochs=2)
+    assert result.progress.step == 4  # continued from step 2
+    with pytest.raises(SafeclipError, match="'data.train' differs"):
+        train(_write_yaml(tmp_path / "other.yaml", {**moved, "data": {"train": str(world["val"])}}), resume=True)
