@@ -172,6 +172,61 @@ def test_not_an_export_folder_is_reported(tmp_path):
         load_manifest(tmp_path)
 
 
+BAD_MANIFEST_VALUES = [
+    ("embed_dim", "64", "'embed_dim' must be a positive integer"),
+    ("image.size", [0, 64], "'image.size' must be a positive integer or a list [height, width]"),
+    ("image.mean", [0.5, 0.5], "'image.mean' must be a list of 3 numbers, got [0.5, 0.5]"),
+    ("image.std", [0.2, 0.0, 0.2], "'image.std' must be a list of 3 positive numbers"),
+    ("image.interpolation", "lanczos", "'image.interpolation' must be one of bicubic, bilinear, random"),
+    ("image.resize_mode", None, "'image.resize_mode' must be one of shortest, longest, squash"),
+    ("image.input", ..., "missing 'image.input'"),
+    ("text.context_length", -1, "'text.context_length' must be a positive integer, got -1"),
+    ("text.tokenizer", "sentencepiece", "'text.tokenizer' must be \"open_clip:simple\" or \"hf:<tokenizer name>\""),
+    ("variants", {}, "'variants' must be an object with at least one variant"),
+    ("variants.fp32.text_encoder", ..., "missing 'variants.fp32.text_encoder'"),
+    ("variants.fp32.image_encoder.sha256", "abc", "'variants.fp32.image_encoder.sha256' must be a sha256 hex digest"),
+    ("variants.fp32.image_encoder.file", "../image_encoder.onnx", "leads outside the export folder"),
+    ("variants.fp32.image_encoder.file", "/etc/passwd", "is an absolute path"),
+]
+
+
+@pytest.mark.parametrize("key, value, message", BAD_MANIFEST_VALUES,
+                         ids=[f"{key}={value!r}" for key, value, _ in BAD_MANIFEST_VALUES])
+def test_every_manifest_key_is_checked_by_name(export_copy, key, value, message):
+    path = export_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    *parents, last = key.split(".")
+    section = data
+    for part in parents:
+        section = section[part]
+    if value is ...:
+        del section[last]
+    else:
+        section[last] = value
+    path.write_text(json.dumps(data))
+    for verify_hashes in (True, False):
+        with pytest.raises(ExportError) as info:
+            load_manifest(export_copy, verify_hashes=verify_hashes)
+        assert str(info.value).startswith(f"{path}: ") and message in str(info.value), str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_a_symlink_leading_outside_the_export_is_refused(export_copy, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "image_encoder.onnx"
+    (export_copy / "image_encoder.onnx").rename(outside)
+    (export_copy / "image_encoder.onnx").symlink_to(outside)  # same bytes, same hash: only the place is wrong
+    for verify_hashes in (True, False):
+        with pytest.raises(ExportError, match=r"image_encoder\.onnx: listed in manifest\.json but leads outside "
+                                              r"the export folder"):
+            load_manifest(export_copy, verify_hashes=verify_hashes)
+    inside = export_copy / "encoders"
+    inside.mkdir()
+    (export_copy / "image_encoder.onnx").unlink()
+    outside.rename(inside / "image_encoder.onnx")
+    (export_copy / "image_encoder.onnx").symlink_to(inside / "image_encoder.onnx")  # a link within the folder is fine
+    assert load_manifest(export_copy).embed_dim == 64
+
+
 def test_fp16_variant_matches_torch(export_copy, tiny_model_dir, reference):
     fp32_hashes = {k: v["sha256"] for k, v in load_manifest(export_copy).variants["fp32"].items() if k != "parity"}
     export_onnx(tiny_model_dir, export_copy, fp16=True)

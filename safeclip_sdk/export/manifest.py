@@ -39,19 +39,24 @@ onnxruntime ``SessionOptions`` its sessions need (the fp16 graphs crash onnxrunt
 optimizer, level ``ORT_ENABLE_ALL``; ``ORT_ENABLE_EXTENDED`` runs them correctly). ``parity``
 entries that could not be measured on the exporting host read ``{"checked": false, "reason": ...}``.
 ``int8`` has ``retrieval`` only when the export was given evaluation data.
+
+Loading checks every field a runtime reads (types, ranges, choices) and names the key that is
+wrong (``manifest.json: 'image.mean' must be ...``). File entries are names inside the export
+folder: absolute paths, ``..`` and symlinks that lead outside it are refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..errors import ExportError
-from ..models import atomic_write_text
+from ..models import atomic_write_text, file_sha256
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "safeclip-onnx"
@@ -105,12 +110,10 @@ class Manifest:
         if data.get("format_version") != FORMAT_VERSION:
             raise ExportError(f"{where}: format_version {data.get('format_version')!r} is not supported "
                               f"(this safeclip reads version {FORMAT_VERSION})")
-        missing = [key for key in ("source_model", "embed_dim", "image", "text", "variants") if key not in data]
-        if missing:
-            raise ExportError(f"{where}: missing field '{missing[0]}'")
-        manifest = cls(
+        _validate(data, where)
+        return cls(
             source_model=data["source_model"],
-            embed_dim=int(data["embed_dim"]),
+            embed_dim=data["embed_dim"],
             image=data["image"],
             text=data["text"],
             variants=data["variants"],
@@ -120,13 +123,6 @@ class Manifest:
             opset=data.get("opset"),
             safeclip_version=data.get("safeclip_version", ""),
         )
-        sections = [*manifest.variants.items(), *([("tensorrt", manifest.tensorrt)] if manifest.tensorrt else [])]
-        for name, section in sections:
-            for encoder in ENCODERS:
-                entry = section.get(encoder) if isinstance(section, dict) else None
-                if not isinstance(entry, dict) or not {"file", "sha256"} <= entry.keys():
-                    raise ExportError(f"{where}: {name} has no valid '{encoder}' entry ({{\"file\", \"sha256\"}})")
-        return manifest
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``out_dir/manifest.json`` atomically."""
@@ -151,30 +147,147 @@ def load_manifest(directory: str | os.PathLike, *, verify_hashes: bool = True) -
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ExportError(f"{path}: cannot read the manifest ({error})") from error
     manifest = Manifest.from_dict(data, str(path))
+    for name in manifest.files():
+        file_in_export(directory, name)
     if verify_hashes:
         _verify_files(directory, manifest)
     return manifest
 
 
 def _verify_files(directory: Path, manifest: Manifest) -> None:
-    """ExportError naming the first referenced file that is missing or whose sha256 changed."""
+    """ExportError naming the first referenced file that is missing, outside the folder, or whose
+    sha256 changed."""
     sections = list(manifest.variants.values()) + ([manifest.tensorrt] if manifest.tensorrt else [])
     for section in sections:
         for encoder in ENCODERS:
-            entry = section[encoder]
-            file = directory / entry["file"]
+            file = file_in_export(directory, section[encoder]["file"])
             if not file.is_file():
                 raise ExportError(f"{file}: listed in {MANIFEST_NAME} but missing")
-            if file_sha256(file) != entry["sha256"]:
+            if file_sha256(file) != section[encoder]["sha256"]:
                 raise ExportError(f"{file}: sha256 mismatch with {MANIFEST_NAME} (file changed after export?)")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks (engines and encoders can be gigabytes)."""
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+def file_in_export(directory: str | os.PathLike, name: str) -> Path:
+    """The path of a manifest file entry; ExportError when it leads outside ``directory``
+    (through ``..``, an absolute path or a symlink)."""
+    directory = Path(directory)
+    _check_file_name(name, f"{directory / MANIFEST_NAME}: file entry")
+    path = directory / name
+    if path.exists() and not path.resolve().is_relative_to(directory.resolve()):
+        raise ExportError(f"{path}: listed in {MANIFEST_NAME} but leads outside the export folder "
+                          f"(to {path.resolve()})")
+    return path
 
 
 def file_entry(path: Path) -> dict[str, str]:
     """A manifest ``{"file", "sha256"}`` entry for a file inside the export folder."""
     return {"file": path.name, "sha256": file_sha256(path)}
+
+
+# --- validation: every key a runtime reads, named when it is wrong ---
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+INTERPOLATIONS = ("bicubic", "bilinear", "random")
+RESIZE_MODES = ("shortest", "longest", "squash")
+
+
+def _validate(data: dict[str, Any], where: str) -> None:
+    def check(key: str, valid, expected: str, optional: bool = False, nullable: bool = False) -> None:
+        """``optional``: the key may be absent; ``nullable``: it may also be null."""
+        if not _has(data, key):
+            if optional or nullable:
+                return
+            raise ExportError(f"{where}: missing '{key}' ({expected})")
+        value = _lookup(data, key)
+        if (value is None and nullable) or valid(value):
+            return
+        shown = json.dumps(value, default=str)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ExportError(f"{where}: '{key}' must be {expected}, got {shown}")
+
+    check("source_model", _is_text, "a non-empty string")
+    check("embed_dim", _is_positive_int, "a positive integer")
+    check("image", _is_dict, "an object")
+    check("image.input", _is_text, "a non-empty string")
+    check("image.output", _is_text, "a non-empty string")
+    check("image.size", _is_image_size, "a positive integer or a list [height, width] of them")
+    check("image.mean", lambda v: _is_numbers(v, 3), "a list of 3 numbers")
+    check("image.std", lambda v: _is_numbers(v, 3) and min(v) > 0, "a list of 3 positive numbers")
+    check("image.mode", lambda v: v == "RGB", '"RGB"', optional=True)
+    check("image.interpolation", lambda v: v in INTERPOLATIONS, f"one of {', '.join(INTERPOLATIONS)}", optional=True)
+    check("image.resize_mode", lambda v: v in RESIZE_MODES, f"one of {', '.join(RESIZE_MODES)}", optional=True)
+    check("image.fill_color", lambda v: _is_int(v) and 0 <= v <= 255, "an integer 0..255", optional=True)
+    check("text", _is_dict, "an object")
+    check("text.input", _is_text, "a non-empty string")
+    check("text.output", _is_text, "a non-empty string")
+    check("text.tokenizer", lambda v: _is_text(v) and re.fullmatch(r"(open_clip:simple|hf:\S+)", v) is not None,
+          '"open_clip:simple" or "hf:<tokenizer name>"')
+    check("text.context_length", _is_positive_int, "a positive integer")
+    check("text.tokenizer_kwargs", _is_dict, "an object", optional=True)
+    check("method", _is_text, "a string or null", nullable=True)
+    check("weights_sha256", lambda v: isinstance(v, str) and _SHA256.fullmatch(v), "a sha256 hex digest or null",
+          nullable=True)
+    check("opset", _is_positive_int, "a positive integer or null", nullable=True)
+    check("variants", lambda v: _is_dict(v) and v, "an object with at least one variant (fp32, fp16, int8)")
+    check("tensorrt", _is_dict, "an object", optional=True)
+    sections = [f"variants.{name}" for name in data["variants"]] + (["tensorrt"] if data.get("tensorrt") else [])
+    for section in sections:
+        check(section, _is_dict, "an object")
+        for encoder in ENCODERS:
+            check(f"{section}.{encoder}", _is_dict, 'an object {"file", "sha256"}')
+            check(f"{section}.{encoder}.file", _is_text, "a file name inside the export folder")
+            _check_file_name(_lookup(data, f"{section}.{encoder}.file"), f"{where}: '{section}.{encoder}.file'")
+            check(f"{section}.{encoder}.sha256", lambda v: isinstance(v, str) and _SHA256.fullmatch(v),
+                  "a sha256 hex digest")
+        if section != "tensorrt":
+            check(f"{section}.session_options", lambda v: _is_dict(v) and all(map(_is_text, v.values())),
+                  "an object of onnxruntime option names and values", optional=True)
+
+
+def _check_file_name(name: str, where: str) -> None:
+    """ExportError unless ``name`` is a relative path that stays inside the folder."""
+    if any(pure.is_absolute() or pure.anchor for pure in (PurePosixPath(name), PureWindowsPath(name))):
+        raise ExportError(f"{where} {name!r} is an absolute path; entries must be names inside the export folder")
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        raise ExportError(f"{where} {name!r} leads outside the export folder; entries must be names inside it")
+
+
+def _has(data: Any, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _lookup(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def _is_dict(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _is_numbers(value: Any, count: int) -> bool:
+    return (isinstance(value, list) and len(value) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def _is_image_size(value: Any) -> bool:
+    if _is_positive_int(value):
+        return True
+    return isinstance(value, list) and len(value) in (1, 2) and all(map(_is_positive_int, value))
