@@ -143,10 +143,10 @@ class DeploymentReport:
                       "queries. Unsafe top-1: share of unsafe queries whose best result is unsafe; safe-query leak: "
                       "share of SAFE queries whose best result is unsafe."]
         if self.moderation:
-            rule = ("balanced accuracy" if self.calibration["rule"] == "balanced-accuracy"
-                    else f"FPR at most {100 * self.calibration['target_fpr']:g}%")
-            lines += ["", f"**Shift score** `1 - cos(base, safe)` as an unsafe-item detector (threshold maximising "
-                          f"{rule} on the split named; accuracy, FPR and FNR on test):", "",
+            rule = ("maximising balanced accuracy" if self.calibration["rule"] == "balanced-accuracy" else
+                    f"flagging the most unsafe items at an FPR of at most {100 * self.calibration['target_fpr']:g}%")
+            lines += ["", f"**Shift score** `1 - cos(base, safe)` as an unsafe-item detector: ROC AUC, the threshold "
+                          f"({rule} on the split named) and, at that threshold, accuracy, FPR and FNR on test:", "",
                       "| items | ROC AUC test | ROC AUC val | threshold | accuracy | balanced acc. | FPR | FNR |",
                       "|---|---|---|---|---|---|---|---|"]
             for modality, result in self.moderation.items():
@@ -171,10 +171,14 @@ class DeploymentReport:
         if plot_path is not None:
             from .roc_plot import draw_roc_curves
 
-            curves = {f"{modality} (AUC {result['test_auc']:.3f})": (result["roc"]["fpr"], result["roc"]["tpr"])
-                      for modality, result in self.moderation.items() if "roc" in result}
-            draw_roc_curves(curves, plot_path, title="Shift score 1 - cos(base, safe): unsafe vs safe items (test)")
-
+            measured = {modality: result for modality, result in self.moderation.items() if "roc" in result}
+            labels = {modality: f"{modality} (AUC {result['test_auc']:.3f})" for modality, result in measured.items()}
+            curves = {labels[modality]: (result["roc"]["fpr"], result["roc"]["tpr"])
+                      for modality, result in measured.items()}
+            thresholds = {labels[modality]: (result["test"]["fpr"] / 100, 1 - result["test"]["fnr"] / 100)
+                          for modality, result in measured.items()}
+            draw_roc_curves(curves, plot_path, operating_points=thresholds,
+                            title="Shift score 1 - cos(base, safe), unsafe vs safe test items; dot: threshold")
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)

@@ -17,14 +17,16 @@ INK = (40, 40, 40)
 
 
 def draw_roc_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, *,
-                    title: str = "ROC", size: int = 560) -> Path:
+                    operating_points: Mapping[str, tuple[float, float]] | None = None, title: str = "ROC",
+                    size: int = 560) -> Path:
     """Draw ``{label: (fpr, tpr)}`` (fractions, in curve order) on one chart and write it as a PNG.
 
+    ``operating_points`` (``{label: (fpr, tpr)}``) mark where a chosen threshold sits on a curve.
     The chance diagonal is dashed; the legend shows each label in its curve's colour.
     """
     if not curves:
         raise SafeclipError(f"{path}: no ROC curve to draw (no modality has both safe and unsafe items)")
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=13)
     margin_left, margin_right, margin_top, margin_bottom = 64, 24, 48, 56
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
@@ -49,6 +51,9 @@ def draw_roc_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]
         colour = COLOURS[index % len(COLOURS)]
         points = [xy(float(x), float(y)) for x, y in zip(fpr, tpr)]
         draw.line(points, fill=colour, width=3, joint="curve")
+        if operating_points and label in operating_points:
+            x, y = xy(*operating_points[label])
+            draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=INK, fill=colour, width=2)
         legend_y = bottom - 18 - 16 * (len(curves) - 1 - index)
         draw.line([(right - 200, legend_y), (right - 180, legend_y)], fill=colour, width=3)
         draw.text((right - 174, legend_y), label, fill=INK, font=font, anchor="lm")
