@@ -4,7 +4,8 @@ The input list is fixed at the first run and stored in a hidden work folder besi
 (``.OUTPUT.parts/``) together with one file per finished chunk. An interrupted run started again
 with the same arguments skips the finished chunks; the output is assembled and renamed into place
 at the end, and the work folder removed. Items that cannot be embedded (corrupt images, empty
-texts) are listed in ``OUTPUT.failures.json`` and get no row.
+texts) are listed in ``OUTPUT.failures.json`` and get no row; when every item fails, ``embed``
+raises ``DataError`` (the CLI exits non-zero) and leaves ``OUTPUT`` as it was.
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
             first run's).
         on_chunk_done: called as ``on_chunk_done(chunk_index, chunk_count)`` after each newly
             computed chunk is saved.
+
+    Raises:
+        DataError: bad inputs or output path, or every item failed (``OUTPUT`` is then left as it
+            was, and ``OUTPUT.failures.json`` lists the reasons).
     """
     started = time.perf_counter()
     output, inputs = Path(output), Path(inputs)
@@ -292,6 +297,11 @@ def _assemble(work: Path, output: Path, ids: list[ItemId], chunk_count: int, kin
         report.failures_path = failures_path
     else:
         failures_path.unlink(missing_ok=True)  # left over from an earlier run of the same output
+    if not row_ids:
+        shutil.rmtree(work)  # nothing to resume: every chunk is done, and every item failed
+        first = failures[0]
+        raise DataError(f"every one of the {len(failures)} {kind}s failed, so {output} was not written; "
+                        f"the reasons are listed in {failures_path} (first: {first['id']}: {first['reason']})")
     if output.suffix == ".npy":
         report.ids_path = output.with_name(f"{output.name}.ids.json")
         atomic_write_text(report.ids_path, json.dumps(row_ids))

@@ -147,3 +147,26 @@ def test_cli_embed_and_one_line_errors(image_folder, tmp_path, tiny_model_dir):
     result = runner.invoke(cli, ["embed", str(tiny_model_dir), str(image_folder / "a.jpg"), str(output)])
     assert result.exit_code == 1
     assert "a single image file; pass the folder" in result.output
+
+
+def test_every_item_failing_is_an_error_that_keeps_the_earlier_output(image_folder, tmp_path, tiny_model_dir):
+    output = tmp_path / "images.npy"
+    embed(tiny_model_dir, image_folder, output, progress=False)
+    earlier = {path: path.read_bytes() for path in (output, tmp_path / "images.npy.ids.json")}
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("one.png", "two.jpg"):
+        (broken / name).write_bytes(b"not an image at all")
+
+    with pytest.raises(DataError) as info:
+        embed(tiny_model_dir, broken, output, progress=False)
+    failures_path = tmp_path / "images.npy.failures.json"
+    assert str(info.value) == (f"every one of the 2 images failed, so {output} was not written; the reasons are "
+                               f"listed in {failures_path} (first: one.png: not an image or an unsupported format)")
+    assert [failure["id"] for failure in json.loads(failures_path.read_text())] == ["one.png", "two.jpg"]
+    assert {path: path.read_bytes() for path in earlier} == earlier
+    assert not (tmp_path / ".images.npy.parts").exists()
+
+    result = CliRunner().invoke(cli, ["embed", str(tiny_model_dir), str(broken), str(output)])
+    assert result.exit_code == 1
+    assert "every one of the 2 images failed" in result.output and str(failures_path) in result.output
