@@ -70,8 +70,10 @@ def test_text_only_batches_drop_the_unsafe_image_terms_and_keep_the_scale():
 
 def test_custom_weights_are_normalised_once_and_checked():
     emb = _batch()
-    total, terms = hysac_loss(emb, 1.0, 10.0, weights={"contrastive_safe": 3.0, "entailment_safe": 1.0})
-    torch.testing.assert_close(total, 0.75 * terms["contrastive_safe"] + 0.25 * terms["entailment_safe"])
+    # terms not named keep weight 1
+    total, terms = hysac_loss(emb, 1.0, 10.0, weights={"contrastive_safe": 2.0, "entailment_unsafe": 0.0})
+    rest = sum(value for name, value in terms.items() if name not in ("contrastive_safe", "entailment_unsafe"))
+    torch.testing.assert_close(total, (2.0 * terms["contrastive_safe"] + rest) / 7.0)
     with pytest.raises(SafeclipError, match="unknown term 'contrastive'"):
         hysac_loss(emb, 1.0, 10.0, weights={"contrastive": 1.0})
     with pytest.raises(SafeclipError, match="entailment_safe"):

@@ -61,7 +61,7 @@ def hysac_loss(emb: HySACEmbeddings, curv: float | Tensor, logit_scale: float | 
                aperture_scale: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
     """The weighted total of the seven terms and each computed term's detached value.
 
-    ``weights`` (default: all equal) are divided once by the sum of all seven, so a term keeps
+    ``weights`` (each term 1 unless given) are divided once by the sum of all seven, so a term keeps
     its scale whether or not the batch has unsafe images; terms that need ``image_unsafe`` are
     left out when it is None.
     """
@@ -83,7 +83,7 @@ def _normalized_weights(weights: dict[str, float] | None) -> dict[str, float]:
     unknown = [name for name in weights if name not in TERMS]
     if unknown:
         raise SafeclipError(f"hysac weights: unknown term '{unknown[0]}' (known: {', '.join(TERMS)})")
-    values = {name: weights.get(name, 0.0) for name in TERMS}
+    values = {name: weights.get(name, 1.0) for name in TERMS}
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise SafeclipError(f"hysac weights.{name}: must be a number >= 0, got {value!r}")
@@ -122,7 +122,8 @@ class HySACHead(nn.Module):
         self.max_logit_scale = float(max_logit_scale)
         self.min_radius = float(min_radius)
         self.aperture_scale = float(aperture_scale)
-        self.weights = _normalized_weights(weights)
+        _normalized_weights(weights)  # checked now, applied in every forward
+        self.weights = None if weights is None else {name: float(value) for name, value in weights.items()}
         self.log_curv = nn.Parameter(torch.tensor(math.log(curv_init)), requires_grad=learn_curv)
         self.log_alpha_text = nn.Parameter(torch.tensor(-0.5 * math.log(embed_dim)))
         self.log_alpha_image = nn.Parameter(torch.tensor(-0.5 * math.log(embed_dim)))
@@ -171,7 +172,7 @@ class HySACHead(nn.Module):
         return {"embed_dim": self.embed_dim, "curv_init": self.curv_init,
                 "learn_curv": self.log_curv.requires_grad, "max_logit_scale": self.max_logit_scale,
                 "min_radius": self.min_radius, "aperture_scale": self.aperture_scale,
-                "weights": dict(self.weights)}
+                "weights": None if self.weights is None else dict(self.weights)}
 
 
 def _check_positive(name: str, value) -> None:

@@ -1,0 +1,1 @@
+"""SafeR-CLIP: redirect each unsafe item to its closest safe alternative, with minimal intervention."""
