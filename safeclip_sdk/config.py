@@ -76,6 +76,9 @@ class TrainConfig:
     grad_accum_steps: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # "cosine": linear warm-up over `warmup_steps` optimizer steps, then a cosine decay to 0 at
+    # the last step; "constant": the same warm-up, then `lr` throughout
+    lr_schedule: str = "cosine"
     warmup_steps: int = 0
     precision: str = "auto"  # auto: bf16/fp16 autocast on GPU, fp32 on CPU; or fp32, fp16, bf16
     device: str = "auto"

@@ -102,6 +102,23 @@ def _trim_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
+def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The multiplier of the base learning rate at optimizer step ``step`` (counted from 0).
+
+    A linear warm-up over ``warmup_steps`` steps (the first step uses ``lr / warmup_steps``, the
+    last warm-up step the full ``lr``), then ``constant`` keeps ``lr`` and ``cosine`` decays it
+    along half a cosine that reaches 0 after ``total_steps``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise SafeclipError(f"lr_schedule '{schedule}' is not one of cosine, constant")
+    decayed = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, decayed)))
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a precision setting; None means plain fp32."""
     if precision == "auto":
@@ -139,8 +156,9 @@ class Trainer:
         self.model = self._wrap_ddp(self.encoder)
         self.optimizer = torch.optim.AdamW(self.parameters.values(), lr=config.lr,
                                            weight_decay=config.weight_decay)
-        warmup = max(1, config.warmup_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, schedule=config.lr_schedule,
+                                                   warmup_steps=config.warmup_steps, total_steps=self.total_steps))
         self.amp_dtype = autocast_dtype(config.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.progress = TrainingProgress()
@@ -386,6 +404,7 @@ class Trainer:
                     if len(pending) < accum:
                         continue
                     terms = self.accumulate_gradients(pending)
+                    lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                     self.optimizer_step()
                     pending = []
                     progress.step += 1
@@ -398,7 +417,7 @@ class Trainer:
                     if self.context.is_main and (progress.step % config.log_every == 0 or progress.step == 1):
                         with log_path.open("a") as log:
                             log.write(json.dumps({"step": progress.step, "epoch": progress.epoch,
-                                                  "lr": self.scheduler.get_last_lr()[0], **terms}) + "\n")
+                                                  "lr": lr, **terms}) + "\n")
                     if progress.step % config.checkpoint_every == 0:
                         self.save_checkpoint()
                     for callback in self.callbacks:

@@ -1,5 +1,6 @@
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -144,6 +145,9 @@ def test_interrupted_then_resumed_run_ends_with_bitwise_the_same_weights(tmp_pat
     # step 5, logged before the interruption, is logged once: by the resumed run
     assert _logged_steps(run_dir) == _logged_steps(tmp_path / "straight")
     assert [record["step"] for record in _logged_steps(run_dir)] == list(range(1, 9))
+    # the log records the rate each step used: the cosine over 8 steps, starting at the full rate
+    assert [record["lr"] for record in _logged_steps(run_dir)] == \
+        pytest.approx([0.5e-3 * (1 + math.cos(math.pi * step / 8)) for step in range(8)])
 
 
 def test_training_leaves_the_frozen_weights_bitwise_unchanged(tmp_path):
@@ -192,6 +196,42 @@ def test_resume_refuses_when_no_checkpoint_loads(tmp_path):
     shutil.rmtree(run_dir / "checkpoints" / "step-00000002")
     with pytest.raises(SafeclipError, match="can be resumed .*step-00000002: checkpoint is missing"):
         _fresh_trainer(run_dir, data).resume()
+
+
+def _applied_rates(trainer):
+    """The learning rate each optimizer step of the run uses, then the one left after the last."""
+    rates = []
+    for _ in range(trainer.total_steps):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()  # no gradients: changes nothing but the scheduler's bookkeeping
+        trainer.scheduler.step()
+    return rates, trainer.optimizer.param_groups[0]["lr"]
+
+
+def test_default_schedule_warms_up_then_decays_along_a_cosine_to_zero(tmp_path):
+    data = SyntheticQuadruplets(16)
+    encoder, objective = make_encoder_and_objective()
+    config = trainer_config(tmp_path, lr=0.01, batch_size=2, epochs=2, warmup_steps=4)
+    assert config.lr_schedule == "cosine"
+    trainer = Trainer(encoder, objective, data, config, tmp_path)
+    assert trainer.total_steps == 16
+    rates, after_last = _applied_rates(trainer)
+    assert rates[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])  # step 0 at a quarter of the rate
+    assert rates[4] == pytest.approx(0.01)                              # end of warm-up: the full rate
+    assert all(a > b for a, b in zip(rates[4:], rates[5:]))             # then strictly decreasing
+    # half-way through the 12 decay steps the cosine is at half the rate; the last step is
+    # one twelfth before the end of the curve, and nothing is left after it
+    assert rates[10] == pytest.approx(0.005)
+    assert rates[-1] == pytest.approx(0.005 * (1 + math.cos(math.pi * 11 / 12)))
+    assert after_last == pytest.approx(0.0, abs=1e-12)
+
+
+def test_constant_schedule_keeps_the_rate_after_warm_up(tmp_path):
+    data = SyntheticQuadruplets(16)
+    encoder, objective = make_encoder_and_objective()
+    config = trainer_config(tmp_path, lr=0.01, batch_size=4, epochs=2, warmup_steps=2, lr_schedule="constant")
+    rates, after_last = _applied_rates(Trainer(encoder, objective, data, config, tmp_path))
+    assert rates == pytest.approx([0.005] + [0.01] * 7) and after_last == pytest.approx(0.01)
 
 
 def test_early_stopping_stops_when_the_validation_metric_does_not_improve(tmp_path):

@@ -49,7 +49,9 @@ def test_train_writes_a_merged_model_folder_that_safeclip_and_open_clip_load(tin
     assert metadata["config"]["lora"]["rank"] == 4
     assert metadata["metrics"]["steps"] == 2 and "val_loss" in metadata["metrics"]["validation"]
     assert "safe-clip" in (model_dir / "README.md").read_text()
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["lora"]["rank"] == 4
+    effective = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert effective["lora"]["rank"] == 4 and effective["lr_schedule"] == "cosine"
+    assert metadata["config"]["lr_schedule"] == "cosine"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["steps"] == 2 and report["bad_rows"] == {"train": [], "val": []}
 
