@@ -1,0 +1,82 @@
+"""``safeclip reindex``: re-embed a live Qdrant collection with a safe model (blue-green), and
+``safeclip reindex rollback`` / ``safeclip reindex cleanup``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from safeclip_sdk.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCORE_FIELD, MODES, cleanup, reindex,
+                                  rollback)
+
+QDRANT_HELP = "A local folder (embedded Qdrant) or a server URL such as https://host:6333 (key: $QDRANT_API_KEY)."
+
+
+@click.group("reindex", invoke_without_command=True)
+@click.option("--qdrant", "qdrant", metavar="TARGET", help=QDRANT_HELP)
+@click.option("--collection", metavar="NAME", help="The alias readers use.")
+@click.option("--model", metavar="MODEL", help="Safe model folder or ONNX export.")
+@click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True)
+@click.option("--image-field", metavar="F", help="Payload field with an image path (under --image-root) or URL.")
+@click.option("--image-root", metavar="DIR", type=click.Path(file_okay=False), help="Folder image paths are inside.")
+@click.option("--text-field", metavar="F", help="Payload field with a text.")
+@click.option("--vector", "vectors", metavar="KIND=NAME", multiple=True,
+              help="Which stored vector a source re-embeds: image=NAME or text=NAME (repeatable).")
+@click.option("--on-error", type=click.Choice(["keep", "skip"]), default="keep", show_default=True,
+              help="A point whose source cannot be read keeps its old vectors (flagged) or is left out.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the plan and an estimated time; write nothing.")
+@click.option("--drop-old", is_flag=True, help="Drop the old collection once the new one is verified and live.")
+@click.option("--allow-urls", is_flag=True, help="Let the image field hold http(s) URLs (size and time limited).")
+@click.option("--adopt", is_flag=True, help="Turn a plain collection NAME into an alias (a moment of downtime).")
+@click.option("--score-field", default=DEFAULT_SCORE_FIELD, show_default=True,
+              help="Payload key of the side-by-side moderation score.")
+@click.option("--no-score", is_flag=True, help="Side-by-side without the moderation score.")
+@click.option("--report", metavar="PATH", type=click.Path(dir_okay=False),
+              help="JSON report (default: reindex-NAME.json in the current folder).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.pass_context
+def command(ctx: click.Context, qdrant, collection, model, mode, image_field, image_root, text_field, vectors,
+            on_error, batch_size, dry_run, drop_old, allow_urls, adopt, score_field, no_score, report,
+            no_progress) -> None:
+    """Re-embed the collection behind alias NAME with MODEL into NAME-safeclip-vN, keep it in step
+    with live writes, verify it and switch the alias; the old collection stays for rollback.
+
+    \b
+    safeclip reindex --qdrant ./db --collection photos --model runs/safe --image-field path --image-root /data
+    safeclip reindex rollback --qdrant ./db --collection photos
+    safeclip reindex cleanup --qdrant ./db --collection photos
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    missing = [flag for flag, value in (("--qdrant", qdrant), ("--collection", collection), ("--model", model))
+               if not value]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)}")
+    result = reindex(qdrant, collection, model, mode=mode, image_field=image_field, image_root=image_root,
+                     text_field=text_field, vectors=list(vectors), on_error=on_error, batch_size=batch_size,
+                     dry_run=dry_run, drop_old=drop_old, allow_urls=allow_urls, adopt=adopt,
+                     score_field=score_field, score=not no_score,
+                     report=None if dry_run else (report or f"reindex-{collection}.json"), progress=not no_progress)
+    click.echo(json.dumps(result, indent=2, default=str) if dry_run else result.summary())
+
+
+@command.command("rollback")
+@click.option("--qdrant", "qdrant", metavar="TARGET", required=True, help=QDRANT_HELP)
+@click.option("--collection", metavar="NAME", required=True, help="The alias to switch back.")
+def rollback_command(qdrant: str, collection: str) -> None:
+    """Point alias NAME back at the collection it pointed at before the last switch."""
+    previous = rollback(qdrant, collection)
+    click.echo(f"'{collection}' now points at {previous}")
+
+
+@command.command("cleanup")
+@click.option("--qdrant", "qdrant", metavar="TARGET", required=True, help=QDRANT_HELP)
+@click.option("--collection", metavar="NAME", required=True, help="The alias whose old versions to drop.")
+@click.option("--dry-run", is_flag=True, help="List what would be dropped.")
+def cleanup_command(qdrant: str, collection: str, dry_run: bool) -> None:
+    """Drop NAME's versions the alias does not point at (and abandon an unfinished reindex)."""
+    dropped = cleanup(qdrant, collection, dry_run=dry_run)
+    verb = "would drop" if dry_run else "dropped"
+    click.echo(f"{verb} {', '.join(dropped)}" if dropped else "nothing to drop")

@@ -1,0 +1,267 @@
+"""Make a live vector-database collection safe: re-embed it with a safe model, blue-green.
+
+>>> from safeclip_sdk.reindex import reindex, rollback, cleanup
+>>> report = reindex("./qdrant-db", "photos", "runs/safe-clip", image_field="path",
+...                  image_root="/data/photos")                                  # doctest: +SKIP
+>>> print(report.summary())                                                      # doctest: +SKIP
+
+``photos`` is the alias readers use. The reindex writes ``photos-safeclip-v<N>``, keeps it in
+step with the application's live writes, verifies it, switches the alias in one atomic step and
+keeps the old collection for :func:`rollback` until :func:`cleanup` (or ``drop_old=True``).
+The whole design is in docs/reindex.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..integrations import open_store
+from ..integrations.base import Point, VectorStore
+from . import state as st
+from .engine import (ABANDONED, MAX_PASSES, VERIFY_SAMPLE, Job, ReindexReport, check_resumable, is_active,
+                     next_version, report_of, start_job, write_report)
+from .pipeline import PointBuilder
+from .sources import SourceReader
+from .plan import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_RANGES, DEFAULT_SCORE_FIELD, ERROR_FIELD, FULL, MODES,
+                   ON_ERROR, SIDE_BY_SIDE, Plan, ReindexError, choose_vectors, has_field, model_probe,
+                   parse_vector_options,
+                   resolve_source, target_layout, version_name, versions)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["reindex", "rollback", "cleanup", "complete_point", "ReindexReport", "ReindexError", "DEFAULT_MODE",
+           "MODES", "FULL", "SIDE_BY_SIDE", "DEFAULT_SCORE_FIELD", "ERROR_FIELD", "DEFAULT_BATCH_SIZE"]
+
+
+def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str | os.PathLike | None = None, *,
+            mode: str = DEFAULT_MODE, image_field: str | None = None, image_root: str | os.PathLike | None = None,
+            text_field: str | None = None, vectors: Mapping[str, str] | Sequence[str] | None = None,
+            on_error: str = "keep", batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,
+            drop_old: bool = False, allow_urls: bool = False, adopt: bool = False,
+            score_field: str = DEFAULT_SCORE_FIELD, score: bool = True, report: str | os.PathLike | None = None,
+            encoder=None, num_ranges: int = DEFAULT_RANGES, max_passes: int = MAX_PASSES,
+            verify_samples: int = VERIFY_SAMPLE, progress: bool = True) -> ReindexReport | dict[str, Any]:
+    """Re-embed the collection behind the alias ``collection`` with a safe model, without downtime.
+
+    Args:
+        qdrant: a local folder, ``":memory:"``, a server URL (API key from ``QDRANT_API_KEY``) or an
+            open :class:`~safeclip_sdk.integrations.VectorStore`.
+        collection: the alias readers use. A plain collection of that name needs ``adopt=True``.
+        model: a safeclip model folder or ONNX export (loaded with the fastest runtime); or pass ``encoder``.
+        mode: ``full`` (safe vectors replace the re-embedded ones under their names) or
+            ``side-by-side`` (originals kept, safe vectors added as ``<name>_safe`` / ``safe``, plus the
+            shift score in the payload under ``score_field``).
+        image_field, image_root: payload field with an image path, resolved under ``image_root``.
+        text_field: payload field with a text.
+        vectors: which vector each source re-embeds, ``{"image": NAME, "text": NAME}`` or
+            ``["image=NAME", ...]``; needed when the collection has several vectors.
+        on_error: a point whose source cannot be read keeps its old vectors with the payload flag
+            ``safeclip_source_error`` (``keep``) or is left out of the new collection (``skip``).
+        batch_size: points per scrolled page and per upsert.
+        dry_run: only plan: return (and print from the CLI) what would be done, writing nothing.
+        drop_old: drop the old collection once the new one is verified and live.
+        allow_urls: let ``image_field`` hold http(s) URLs (downloaded with size and time limits).
+        adopt: allow turning a plain collection ``collection`` into an alias (see docs/reindex.md).
+        score: store the side-by-side shift score (False: ``--no-score``).
+        report: path of a JSON report (counts, passes, verification, every failed source).
+        num_ranges: id ranges the job is split into, each with its own cursor.
+        max_passes: reconciliation passes before the switch, at most.
+        verify_samples: points whose vectors are recomputed and compared before the switch.
+    """
+    if mode not in MODES:
+        raise ReindexError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
+    if on_error not in ON_ERROR:
+        raise ReindexError(f"unknown --on-error '{on_error}' (choose from {', '.join(ON_ERROR)})")
+    if batch_size < 1:
+        raise ReindexError(f"batch size must be at least 1, got {batch_size}")
+    if encoder is None and model is None:
+        raise ReindexError("name the safe model (a model folder or ONNX export)")
+    vector_names = parse_vector_options(vectors) if isinstance(vectors, (list, tuple)) else dict(vectors or {})
+    sources = {"image_field": image_field, "text_field": text_field, "allow_urls": bool(allow_urls),
+               "image_root": str(Path(image_root).resolve()) if image_root else None}
+    settings = {"mode": mode, "vectors": vector_names, "on_error": on_error,
+                "score_field": score_field if score and mode == SIDE_BY_SIDE else None, **sources}
+    reader = _reader(sources)
+    store = open_store(qdrant)
+    try:
+        if encoder is None:
+            from ..encoder import Encoder
+
+            encoder = Encoder.load(model, backend="auto")
+        label = os.fspath(model) if model is not None else repr(encoder)
+        started = time.time()
+        probe = model_probe(encoder)
+        job = st.read_job(store, collection)
+        if dry_run:
+            from .dryrun import dry_run_plan
+
+            return dry_run_plan(store, collection, encoder, reader, settings, adopt=adopt, batch_size=batch_size,
+                                history=(job or {}).get("history", []), unfinished=job if is_active(job) else None)
+        options = dict(max_passes=max_passes, verify_samples=verify_samples, progress=progress)
+        resumed, adopted = is_active(job), False
+        if is_active(job) and job["plan"]["adopt"]:
+            Job(store, job, PointBuilder(Plan.from_dict(job["plan"]), encoder, reader), **options).run()
+            job, adopted = st.read_job(store, collection), True
+        if is_active(job):
+            check_resumable(job, settings, probe)
+            job["plan"]["batch_size"] = batch_size
+        else:
+            history = (job or {}).get("history", [])
+            source, plain = resolve_source(store, collection, adopt)
+            if plain:
+                adoption = _adoption_plan(store, collection, source, batch_size, next_version(store, collection, history))
+                job = start_job(store, adoption, label, probe, encoder.space.to_dict(), settings, history, num_ranges)
+                Job(store, job, PointBuilder(adoption, encoder, reader), **options).run()
+                source, adopted, history = adoption.target, True, job["history"]
+            plan = _plan(store, collection, source, encoder, settings, batch_size,
+                         next_version(store, collection, history))
+            job = start_job(store, plan, label, probe, encoder.space.to_dict(), settings, history, num_ranges)
+        runner = Job(store, job, PointBuilder(Plan.from_dict(job["plan"]), encoder, reader), **options)
+        runner.run()
+        plan = runner.plan
+        dropped = False
+        if drop_old and store.collection_exists(plan.source) and store.alias_target(collection) == plan.target:
+            store.drop_collection(plan.source)
+            st.record_history(job, "drop-old", plan.source, None)
+            st.write_job(store, job)
+            dropped = True
+        result = report_of(store, job, runner.failures)
+        result.adopted, result.dropped_old, result.resumed = adopted, dropped, resumed
+        result.embedded_this_run = runner.embedded_this_run
+        result.seconds = round(time.time() - started, 3)
+        if report is not None:
+            write_report(result, report)
+        return result
+    finally:
+        if store is not qdrant:
+            store.close()
+
+
+def _reader(sources: dict[str, Any]) -> SourceReader:
+    return SourceReader(image_field=sources["image_field"], image_root=sources["image_root"],
+                        text_field=sources["text_field"], allow_urls=sources["allow_urls"])
+
+
+def _plan(store: VectorStore, alias: str, source: str, encoder, settings: dict[str, Any], batch_size: int,
+          version: int) -> Plan:
+    specs = store.vector_specs(source)
+    earlier = store.read_state(st.index_key(source)) or {}
+    earlier_safe = [name for original, name in earlier.get("vectors", {}).items() if name != original]
+    kinds = choose_vectors(specs, settings["vectors"], settings["image_field"], settings["text_field"], source,
+                           earlier_safe)
+    target_specs, safe_names = target_layout(specs, kinds, settings["mode"], encoder.space, source)
+    score_field = settings["score_field"]
+    if score_field:
+        for name in kinds:
+            if specs[name].size != encoder.space.dim:
+                raise ReindexError(f"the shift score compares the original and the safe embedding, but vector "
+                                   f"'{name}' of '{source}' has size {specs[name].size} and the model embeds in "
+                                   f"{encoder.space.dim} dimensions: pass --no-score")
+    _check_fields(store, source, settings)
+    return Plan(alias=alias, source=source, target=version_name(alias, version), adopt=False, mode=settings["mode"],
+                kinds=kinds, safe_names=safe_names, source_specs=specs, target_specs=target_specs,
+                score_field=score_field, on_error=settings["on_error"], batch_size=batch_size,
+                sources={key: settings[key] for key in ("image_field", "image_root", "text_field", "allow_urls")})
+
+
+def _adoption_plan(store: VectorStore, alias: str, source: str, batch_size: int, version: int) -> Plan:
+    """A verbatim copy of a plain collection into the first version (no model, nothing re-embedded)."""
+    specs = store.vector_specs(source)
+    return Plan(alias=alias, source=source, target=version_name(alias, version), adopt=True, mode="copy", kinds={},
+                safe_names={}, source_specs=specs, target_specs=specs, score_field=None, on_error="keep",
+                batch_size=batch_size, sources={})
+
+
+def _check_fields(store: VectorStore, source: str, settings: dict[str, Any], sample: int = 256) -> None:
+    """A source field that no point of the first page has is almost surely misspelt: refuse it."""
+    points, _ = store.scroll(source, limit=sample)
+    if not points:
+        return
+    for option in ("image_field", "text_field"):
+        name = settings[option]
+        if name and not any(has_field(point.payload, name) for point in points):
+            seen = sorted({key for point in points for key in point.payload})[:12]
+            raise ReindexError(f"payload field '{name}' (--{option.replace('_', '-')}) is in none of the first "
+                               f"{len(points)} points of '{source}' (fields seen: {', '.join(seen) or 'none'})")
+
+
+def complete_point(store: VectorStore, collection: str, point: Point, encoder) -> Point:
+    """The complete point to write to a reindexed collection for an application's new item.
+
+    ``point`` carries the payload and the ORIGINAL model's vectors, as the application writes
+    them; the result adds the safe vectors (and, side-by-side, the shift score) the reindex of
+    ``collection`` (an alias or a versioned collection) would have given it.
+    """
+    physical = store.alias_target(collection) or collection
+    alias = collection if physical != collection else physical.rsplit("-safeclip-v", 1)[0]
+    job = st.read_job(store, alias)
+    if job is None or job["plan"]["target"] != physical:
+        raise ReindexError(f"'{collection}' on {store.name} was not built by the last safeclip reindex")
+    plan = Plan.from_dict(job["plan"])
+    built = PointBuilder(plan, encoder, _reader(plan.sources)).build([point])
+    if not built.points:
+        raise ReindexError(f"point {point.id!r}: {built.failures[0][1]}")
+    return built.points[0]
+
+
+def rollback(qdrant: str | os.PathLike | VectorStore, collection: str) -> str:
+    """Point the alias ``collection`` back at the collection it pointed at before the last switch.
+
+    Writes made to the newer collection since the switch are not carried back. Returns the
+    collection the alias now points at.
+    """
+    store = open_store(qdrant)
+    try:
+        job = st.read_job(store, collection)
+        current = store.alias_target(collection)
+        if job is None or current is None:
+            raise ReindexError(f"'{collection}' on {store.name} is not an alias managed by safeclip reindex")
+        if is_active(job):
+            raise ReindexError(f"a reindex of '{collection}' is unfinished (phase {job['phase']}): finish it or run "
+                               f"'safeclip reindex cleanup' first")
+        previous = next((entry["previous"] for entry in reversed(job["history"])
+                         if entry["collection"] == current and entry["action"] in ("reindex", "rollback")), None)
+        if previous is None:
+            raise ReindexError(f"'{collection}' -> '{current}' has no earlier version to go back to")
+        if not store.collection_exists(previous):
+            raise ReindexError(f"cannot roll '{collection}' back: the earlier collection '{previous}' was dropped")
+        store.switch_alias(collection, previous)
+        st.record_history(job, "rollback", previous, current)
+        st.write_job(store, job)
+        return previous
+    finally:
+        if store is not qdrant:
+            store.close()
+
+
+def cleanup(qdrant: str | os.PathLike | VectorStore, collection: str, *, dry_run: bool = False) -> list[str]:
+    """Drop every ``<collection>-safeclip-v<N>`` the alias does not point at, and abandon an
+    unfinished reindex (its partial collection is dropped). Returns the dropped names."""
+    store = open_store(qdrant)
+    try:
+        current = store.alias_target(collection)
+        job = st.read_job(store, collection)
+        if is_active(job) and job["phase"] == st.FINAL:
+            raise ReindexError(f"the reindex of '{collection}' has switched the alias but not yet carried over the "
+                               f"last writes: rerun it to finish before cleaning up")
+        drop = [name for _, name in sorted(versions(store, collection).items()) if name != current]
+        if dry_run:
+            return drop
+        for name in drop:
+            store.drop_collection(name)
+            if job is not None:
+                st.record_history(job, "cleanup", name, None)
+        if is_active(job):
+            st.delete_base(store, collection, job.get("base_chunks", 0))
+            job["phase"] = ABANDONED
+        if job is not None:
+            st.write_job(store, job)
+        return drop
+    finally:
+        if store is not qdrant:
+            store.close()

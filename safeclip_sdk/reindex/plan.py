@@ -1,0 +1,263 @@
+"""What a reindex will do: names, vector layout, id ranges; checked before anything is written.
+
+A reindex reads the collection an alias (the name readers use) points at and writes a new
+versioned collection ``<alias>-safeclip-v<N>`` beside it. Which stored vectors get re-embedded,
+under which names the safe vectors land and what size and distance they need all follow from the
+source collection's vectors, the options and the model's embedding space.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import SafeclipError
+from ..integrations.base import DEFAULT_VECTOR, PointId, VectorSpec, VectorStore
+
+FULL = "full"
+SIDE_BY_SIDE = "side-by-side"
+MODES = (FULL, SIDE_BY_SIDE)
+#: the mode a reindex uses when none is given
+DEFAULT_MODE = SIDE_BY_SIDE
+
+KINDS = ("image", "text")
+ON_ERROR = ("keep", "skip")
+
+#: payload key of the side-by-side moderation score (1 - cos(original, safe))
+DEFAULT_SCORE_FIELD = "safeclip_shift"
+#: payload key set on points whose source could not be read and that kept their old vectors
+ERROR_FIELD = "safeclip_source_error"
+#: suffix of the safe vector added next to a named original vector in side-by-side mode
+SAFE_SUFFIX = "_safe"
+#: name of the safe vector added next to a collection's unnamed vector
+SAFE_UNNAMED = "safe"
+
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_RANGES = 8
+VERSION_PATTERN = "{alias}-safeclip-v{version}"
+
+
+class ReindexError(SafeclipError):
+    """A reindex that cannot start or continue; the message says why in one line."""
+
+
+def version_name(alias: str, version: int) -> str:
+    return VERSION_PATTERN.format(alias=alias, version=version)
+
+
+def versions(store: VectorStore, alias: str) -> dict[int, str]:
+    """Existing versioned collections of ``alias``, by version number."""
+    pattern = re.compile(re.escape(alias) + r"-safeclip-v(\d+)$")
+    found = {}
+    for name in store.list_collections():
+        match = pattern.match(name)
+        if match:
+            found[int(match.group(1))] = name
+    return found
+
+
+def safe_vector_name(name: str) -> str:
+    return SAFE_UNNAMED if name == DEFAULT_VECTOR else name + SAFE_SUFFIX
+
+
+def show_vector(name: str) -> str:
+    return "the unnamed vector" if name == DEFAULT_VECTOR else f"vector '{name}'"
+
+
+@dataclass
+class Plan:
+    """Everything a reindex needs to know before it writes; stored with the job so a rerun agrees."""
+
+    alias: str
+    source: str
+    target: str
+    adopt: bool
+    mode: str
+    kinds: dict[str, str]  # re-embedded vector name -> "image" | "text"
+    safe_names: dict[str, str]  # re-embedded vector name -> name of its safe vector in the target
+    source_specs: dict[str, VectorSpec]
+    target_specs: dict[str, VectorSpec]
+    score_field: str | None
+    on_error: str
+    batch_size: int
+    sources: dict[str, Any] = field(default_factory=dict)  # image_field, image_root, text_field, allow_urls
+
+    def reserved_fields(self) -> tuple[str, ...]:
+        """Payload keys the reindex writes (left out of payload comparisons)."""
+        extra = (self.score_field,) if self.score_field and self.score_field != DEFAULT_SCORE_FIELD else ()
+        return (ERROR_FIELD, DEFAULT_SCORE_FIELD) + extra
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alias": self.alias, "source": self.source, "target": self.target, "adopt": self.adopt,
+            "mode": self.mode, "kinds": self.kinds, "safe_names": self.safe_names,
+            "source_specs": {name: _spec_dict(spec) for name, spec in self.source_specs.items()},
+            "target_specs": {name: _spec_dict(spec) for name, spec in self.target_specs.items()},
+            "score_field": self.score_field, "on_error": self.on_error, "batch_size": self.batch_size,
+            "sources": self.sources,
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Plan:
+        values = dict(values)
+        for key in ("source_specs", "target_specs"):
+            values[key] = {name: VectorSpec(spec["size"], spec["distance"], spec.get("options", {}))
+                           for name, spec in values[key].items()}
+        return cls(**values)
+
+
+def _spec_dict(spec: VectorSpec) -> dict[str, Any]:
+    return {"size": spec.size, "distance": spec.distance, "options": dict(spec.options)}
+
+
+def resolve_source(store: VectorStore, name: str, adopt: bool) -> tuple[str, bool]:
+    """The physical collection behind ``name`` and whether it is a plain collection to adopt."""
+    target = store.alias_target(name)
+    if target is not None:
+        return target, False
+    if store.collection_exists(name):
+        if not adopt:
+            raise ReindexError(
+                f"'{name}' on {store.name} is a plain collection, not an alias: pass --adopt to copy it into "
+                f"{version_name(name, 1)} and replace it by an alias of that name (a moment of downtime "
+                f"and a write pause: see docs/reindex.md)")
+        return name, True
+    raise ReindexError(f"no collection or alias '{name}' on {store.name}")
+
+
+def choose_vectors(source_specs: Mapping[str, VectorSpec], vector_names: Mapping[str, str] | None,
+                   image_field: str | None, text_field: str | None, collection: str,
+                   earlier_safe: Sequence[str] = ()) -> dict[str, str]:
+    """Which stored vectors to re-embed, and from which kind of source (``{name: kind}``).
+
+    ``vector_names`` maps a kind to a vector name (``--vector image=NAME``). Without it, a
+    collection with a single vector (not counting ``earlier_safe``, the safe vectors an earlier
+    side-by-side reindex added) re-embeds that one from the one source field given.
+    """
+    source_specs = {name: spec for name, spec in source_specs.items() if name not in earlier_safe}
+    fields = {"image": image_field, "text": text_field}
+    if not image_field and not text_field:
+        raise ReindexError("name the items' source with --image-field (and --image-root) and/or --text-field")
+    if vector_names:
+        kinds = {}
+        for kind, name in vector_names.items():
+            if kind not in KINDS:
+                raise ReindexError(f"--vector {kind}={name}: the kind must be image or text")
+            if name not in source_specs:
+                known = ", ".join(repr(n) for n in source_specs) or "none"
+                raise ReindexError(f"collection '{collection}' has no vector '{name}' (it has: {known})")
+            if not fields[kind]:
+                raise ReindexError(f"--vector {kind}={name} needs --{kind}-field to say where each item's {kind} is")
+            kinds[name] = kind
+        return kinds
+    given = [kind for kind in KINDS if fields[kind]]
+    if len(source_specs) != 1 or len(given) != 1:
+        names = ", ".join(repr(n) for n in source_specs)
+        raise ReindexError(f"collection '{collection}' has vectors {names}: say which one each source re-embeds "
+                           f"with --vector image=NAME / --vector text=NAME")
+    return {next(iter(source_specs)): given[0]}
+
+
+def target_layout(source_specs: Mapping[str, VectorSpec], kinds: Mapping[str, str], mode: str, space,
+                  collection: str) -> tuple[dict[str, VectorSpec], dict[str, str]]:
+    """The target collection's vectors and the name each re-embedded vector's safe vector gets.
+
+    Full mode replaces a vector under its own name, so readers keep querying the same name; its
+    size must equal what the model stores (a different size would break every reader's query at
+    the switch, and ``--on-error keep`` could not keep an old vector). Side-by-side adds a new
+    vector of the model's size and distance and leaves the original untouched.
+    """
+    if mode not in MODES:
+        raise ReindexError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
+    model_spec = dict(size=space.stored_dim, distance=space.distance)
+    specs = dict(source_specs)
+    safe_names = {}
+    for name in kinds:
+        original = source_specs[name]
+        if mode == FULL:
+            if original.size != space.stored_dim:
+                raise ReindexError(
+                    f"{show_vector(name)} of '{collection}' has size {original.size} but the model stores "
+                    f"{space.stored_dim}-dimensional vectors: full mode replaces it in place, so the sizes must "
+                    f"match (use --mode side-by-side to add the safe vector next to it)")
+            specs[name] = VectorSpec(options=dict(original.options), **model_spec)
+            safe_names[name] = name
+        else:
+            # a source built by an earlier side-by-side reindex already has it: it is replaced
+            safe = safe_vector_name(name)
+            if safe in kinds:
+                raise ReindexError(f"{show_vector(safe)} of '{collection}' cannot be both re-embedded and the "
+                                   f"safe vector of {show_vector(name)}")
+            specs[safe] = VectorSpec(options=dict(original.options), **model_spec)
+            safe_names[name] = safe
+    return specs, safe_names
+
+
+# --- ids and ranges ---
+
+def id_order(point_id: PointId) -> tuple[int, Any]:
+    """Sort key matching the store's scroll order: integers first, then UUIDs."""
+    return (0, point_id) if isinstance(point_id, int) else (1, str(point_id))
+
+
+def split_ranges(store: VectorStore, collection: str, count: int, num_ranges: int,
+                 page: int = 2048) -> list[dict[str, Any]]:
+    """``num_ranges`` contiguous id ranges of about equal size, each with its own cursor.
+
+    Boundaries are ids read from one id-only scroll; range ``i`` covers ``[start, end)`` (None is
+    open). Workers can take ranges independently: each range's cursor is its own.
+    """
+    num_ranges = max(1, min(num_ranges, count // 64 or 1))
+    bounds: list[PointId] = []
+    if num_ranges > 1:
+        step = count / num_ranges
+        wanted = [round(step * i) for i in range(1, num_ranges)]
+        position, start = 0, None
+        while wanted:
+            points, start = store.scroll(collection, start=start, limit=page, with_payload=False)
+            while wanted and wanted[0] < position + len(points):
+                bounds.append(points[wanted.pop(0) - position].id)
+            position += len(points)
+            if start is None:
+                break
+    edges = [None, *bounds, None]
+    return [{"start": edges[i], "end": edges[i + 1], "cursor": edges[i], "done": False}
+            for i in range(len(edges) - 1)]
+
+
+def in_range(point_id: PointId, end: PointId | None) -> bool:
+    return end is None or id_order(point_id) < id_order(end)
+
+
+def model_probe(encoder) -> list[float]:
+    """What the model computes for a fixed probe text: how a resumed job recognises its model
+    (compared by cosine, so the torch and ONNX runtimes of one model agree)."""
+    embedding = encoder.encode_text(["safeclip reindex probe: a photo of a red bicycle"])[0]
+    return [round(float(value), 6) for value in embedding]
+
+
+def same_model(probe_a: Sequence[float], probe_b: Sequence[float]) -> bool:
+    a, b = np.asarray(probe_a, dtype=np.float64), np.asarray(probe_b, dtype=np.float64)
+    return a.shape == b.shape and float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)) >= 0.999
+
+
+def has_field(payload: Mapping[str, Any], name: str) -> bool:
+    """Whether ``payload`` has the (possibly dotted) field ``name``."""
+    from .sources import lookup
+
+    return lookup(payload, name) is not lookup({}, name)  # lookup's "missing" marker
+
+
+def parse_vector_options(values: Sequence[str]) -> dict[str, str]:
+    """``["image=img", "text=txt"]`` -> ``{"image": "img", "text": "txt"}`` (``image=`` is the unnamed vector)."""
+    parsed = {}
+    for value in values:
+        kind, sep, name = value.partition("=")
+        if not sep:
+            raise ReindexError(f"--vector {value}: expected KIND=NAME, e.g. image=clip_image")
+        parsed[kind.strip()] = name.strip()
+    return parsed
