@@ -30,9 +30,11 @@ from safeclip_sdk.search import MODES, THRESHOLD, search
               help=f"Keep only points whose moderation score is below X ('{THRESHOLD}': the recorded one).")
 @click.option("--field", "fields", multiple=True, metavar="NAME",
               help="Payload fields to show in the table (repeatable). Default: the first few.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="Seconds a server request may take.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def command(target: str, collection: str, model: str | None, text: str | None, image: Path | None, limit: int,
-            mode: str | None, vector: str | None, max_score: str | None, fields: tuple[str, ...],
+            mode: str | None, vector: str | None, max_score: str | None, fields: tuple[str, ...], timeout: float,
             as_json: bool) -> None:
     """Search COLLECTION with a text (--text) or an image (--image) embedded by the safe model."""
     if (text is None) == (image is None):
@@ -43,7 +45,7 @@ def command(target: str, collection: str, model: str | None, text: str | None, i
         except ValueError:
             raise click.BadParameter(f"expected a number or '{THRESHOLD}'", param_hint="--max-score") from None
     results = search(target, collection, text if text is not None else image, model=model, limit=limit, mode=mode,
-                     vector=vector, max_score=max_score)
+                     vector=vector, max_score=max_score, timeout=timeout)
     if as_json:
         click.echo(json.dumps({"collection": results.collection, "mode": results.mode, "vector": results.vector,
                                "results": [r.to_dict() for r in results]}, indent=2, default=str))

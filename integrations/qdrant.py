@@ -162,6 +162,18 @@ class QdrantStore(VectorStore):
                        lambda: self._client.create_payload_index(name, field_name, field_schema=schema, wait=True))
         self._forget_distances()
 
+    def create_payload_index(self, collection: str, field_name: str, kind: str = "float") -> None:
+        """Index a payload field for filtering (``float``, ``integer``, ``keyword``, ...) on a server;
+        local mode has no payload indexes, so there it does nothing."""
+        kinds = [kind.value for kind in models.PayloadSchemaType]
+        if kind not in kinds:
+            raise StoreError(f"unknown payload index kind '{kind}' (choose from {', '.join(kinds)})")
+        if self.local:
+            return
+        schema = models.PayloadSchemaType(kind)
+        self._call("create payload index", collection, lambda: self._client.create_payload_index(
+            collection, field_name, field_schema=schema, wait=True))
+
     def drop_collection(self, name: str) -> None:
         target = self.alias_target(name)
         if target is not None:
@@ -245,8 +257,8 @@ class QdrantStore(VectorStore):
 
     def read_state(self, key: str) -> dict[str, Any] | None:
         try:
-            records = self._call("read state", STATE_COLLECTION,
-                                 lambda: self._client.retrieve(STATE_COLLECTION, ids=[_state_id(key)], with_payload=True))
+            records = self._call("read state", STATE_COLLECTION, lambda: self._client.retrieve(
+                STATE_COLLECTION, ids=[_state_id(key)], with_payload=True))
         except MissingCollectionError:
             return None
         return json.loads(records[0].payload["state"]) if records else None

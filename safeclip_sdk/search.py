@@ -120,9 +120,7 @@ class SafeSearch:
     def _resolve(self) -> None:
         """Find the collection behind the alias and decide mode, vector and score field."""
         store, name = self.store, self.collection
-        physical = store.alias_target(name) or name
-        if not store.collection_exists(physical):
-            raise MissingCollectionError(f"{store.name}: no collection or alias '{name}'")
+        physical = physical_collection(store, name)
         specs = store.vector_specs(physical)
         index = IndexInfo.read(store, physical)
         original, names_safe_vector = self._original_vector(name, specs, index)
@@ -234,7 +232,7 @@ class SafeSearch:
 
 def search(store_or_target: VectorStore | str | os.PathLike, collection: str, query, *,
            model: str | os.PathLike | None = None, encoder=None, limit: int = 10, mode: str | None = None,
-           vector: str | None = None, max_score: float | str | None = None) -> SearchResults:
+           vector: str | None = None, max_score: float | str | None = None, timeout: float = 10.0) -> SearchResults:
     """Search ``collection`` safely with a text or image ``query``; returns the top ``limit``.
 
     Args:
@@ -249,9 +247,11 @@ def search(store_or_target: VectorStore | str | os.PathLike, collection: str, qu
         mode: ``query-side`` or ``safe`` (see :class:`SafeSearch` for the default).
         vector: which vector to search when the collection has several.
         max_score: keep only points whose moderation score is below this (or ``"threshold"``).
+        timeout: seconds a server request may take (when ``store_or_target`` is a URL).
     """
-    store = open_store(store_or_target)
+    store = open_store(store_or_target, timeout=timeout)
     try:
+        physical_collection(store, collection)  # a wrong name fails before a model is loaded
         if encoder is None:
             encoder = _load_encoder(store, collection, model)
         searcher = SafeSearch(store, collection, encoder, mode=mode, vector=vector)
@@ -261,12 +261,19 @@ def search(store_or_target: VectorStore | str | os.PathLike, collection: str, qu
             store.close()
 
 
+def physical_collection(store: VectorStore, name: str) -> str:
+    """The collection behind ``name`` (an alias or a collection); MissingCollectionError if none."""
+    physical = store.alias_target(name) or name
+    if not store.collection_exists(physical):
+        raise MissingCollectionError(f"{store.name}: no collection or alias '{name}'")
+    return physical
+
+
 def _load_encoder(store: VectorStore, collection: str, model: str | os.PathLike | None):
     from .encoder import Encoder
 
     if model is None:
-        physical = store.alias_target(collection) or collection
-        index = IndexInfo.read(store, physical)
+        index = IndexInfo.read(store, physical_collection(store, collection))
         if index is None or not index.model:
             raise SearchError(f"name the safe model to search '{collection}' with (model=..., --model)")
         model = index.model

@@ -174,6 +174,8 @@ def test_image_queries(store, encoder, tmp_path):
 def test_bad_input(store, encoder, embedded):
     with pytest.raises(MissingCollectionError, match="no collection or alias 'nowhere'"):
         search(store, "nowhere", TEXTS[0], encoder=encoder)
+    with pytest.raises(MissingCollectionError):  # before trying to load the model
+        search(store, "nowhere", TEXTS[0], model="/no/such/model")
     store.create_collection("small", {"image": VectorSpec(7, "cosine")})
     with pytest.raises(SearchError, match=f"has 7 dimensions, but the model's query vectors have {embedded.shape[1]}"):
         search(store, "small", TEXTS[0], encoder=encoder)

@@ -152,6 +152,20 @@ def test_collection_settings_carry_server_side_config():
     assert client_store.vector_specs("copy") == {"": VectorSpec(4, "cosine")}
 
 
+def test_payload_index_on_a_server_and_nothing_locally(store, name, recwarn):
+    store.create_collection(name, {"image": VectorSpec(4, "cosine")})
+    store.create_payload_index(name, "safeclip_shift", "float")
+    schema = store._client.get_collection(name).payload_schema
+    if store.local:
+        assert schema == {} and not [w for w in recwarn if "Payload indexes" in str(w.message)]
+    else:
+        assert schema["safeclip_shift"].data_type == models.PayloadSchemaType.FLOAT
+        store.create_collection(f"{name}-copy", {"image": VectorSpec(4, "cosine")}, like=name)
+        assert "safeclip_shift" in store._client.get_collection(f"{name}-copy").payload_schema
+    with pytest.raises(StoreError, match="unknown payload index kind 'number'"):
+        store.create_payload_index(name, "x", "number")
+
+
 def test_missing_collection_is_a_clear_error(store, name):
     for call in (lambda: store.count(name), lambda: store.vector_specs(name),
                  lambda: store.scroll(name), lambda: store.query(name, np.ones(3)),
