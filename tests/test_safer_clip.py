@@ -135,6 +135,55 @@ def test_cache_is_reused_and_invalidated(tmp_path):
                                  progress=False).from_cache
 
 
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_pass_resumes_where_it_stopped(tmp_path):
+    unsafe, safe, embed, expected = _synthetic(num_safe=60, num_unsafe=45)
+    complete = nearest_safe_captions(unsafe, safe, embed, progress=False)
+
+    class DiesAfter(TableEmbedder):
+        def __init__(self, table, limit):
+            super().__init__(table)
+            self.limit = limit
+
+        def __call__(self, texts):
+            if self.calls + len(texts) > self.limit:
+                raise Killed
+            return super().__call__(texts)
+
+    # killed twice: after 35 pool captions (30 saved, in chunks of 10), then after the other 30
+    # and 25 unsafe captions (20 saved)
+    for limit in (35, 30 + 25):
+        with pytest.raises(Killed):
+            nearest_safe_captions(unsafe, safe, DiesAfter(embed.table, limit), cache_dir=tmp_path,
+                                  model_fingerprint="w", batch_size=5, chunk_size=10, progress=False)
+    assert (tmp_path / "proximity_targets.partial").is_dir()
+    assert not (tmp_path / "proximity_targets.json").exists()
+
+    resumed = TableEmbedder(embed.table)
+    result = nearest_safe_captions(unsafe, safe, resumed, cache_dir=tmp_path, model_fingerprint="w",
+                                   batch_size=5, chunk_size=10, progress=False)
+    assert resumed.calls == 45 - 20
+    np.testing.assert_array_equal(result.indices, complete.indices)
+    np.testing.assert_array_equal(result.similarities, complete.similarities)
+    assert not (tmp_path / "proximity_targets.partial").exists()
+
+
+def test_work_saved_for_other_data_is_not_resumed(tmp_path):
+    unsafe, safe, embed, expected = _synthetic()
+    with pytest.raises(KeyError):
+        nearest_safe_captions(unsafe + ["never seen"], safe, embed, cache_dir=tmp_path, model_fingerprint="w",
+                              chunk_size=10, progress=False)
+    assert any((tmp_path / "proximity_targets.partial").glob("pool-*.npy"))
+    embed.calls = 0
+    result = nearest_safe_captions(unsafe, safe, embed, cache_dir=tmp_path, model_fingerprint="w",
+                                   chunk_size=10, progress=False)
+    assert embed.calls == len(unsafe) + len(safe)
+    np.testing.assert_array_equal(result.indices, expected)
+
+
 def test_a_damaged_cache_is_recomputed(tmp_path):
     unsafe, safe, embed, expected = _synthetic()
     nearest_safe_captions(unsafe, safe, embed, cache_dir=tmp_path, model_fingerprint="w", progress=False)

@@ -12,7 +12,10 @@ ever built.
 
 The cache is two ``.npy`` arrays (target indices, similarities) and a JSON file with the key they
 were computed under: a hash of the captions and a fingerprint of the encoder's weights. A second
-call with the same captions and weights reads them back; any change recomputes them.
+call with the same captions and weights reads them back; any change recomputes them. While the
+pass runs, finished chunks (pool embeddings, targets) are kept as ``.npy`` files in
+``proximity_targets.partial/`` beside the cache, so a killed pass resumes; the folder is removed
+once the cache is written (it holds the pool embeddings meanwhile: ``N x D`` fp32 on disk).
 """
 
 from __future__ import annotations
@@ -76,22 +79,24 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
 def nearest_safe_captions(unsafe_captions: Sequence[str], safe_captions: Sequence[str],
                           embed_texts: EmbedTexts, *, model_fingerprint: str | None = None,
                           cache_dir: str | os.PathLike | None = None, batch_size: int = 256,
-                          pool_block: int = 16384, progress: bool = True) -> ProximityTargets:
+                          pool_block: int = 16384, chunk_size: int = 16384,
+                          progress: bool = True) -> ProximityTargets:
     """The proximity target of every unsafe caption: the index of the most similar safe caption.
 
     ``embed_texts`` maps a list of at most ``batch_size`` captions to their embeddings
     ``[n, D]`` (a tensor or array, normalised here) with the FROZEN text encoder; it is called
     under ``torch.no_grad()``. With ``cache_dir``, the result is cached there, keyed by the
-    captions and ``model_fingerprint`` (required then; :func:`weights_fingerprint` makes one).
-    Equal similarities go to the lowest pool index, whatever the block sizes.
+    captions and ``model_fingerprint`` (required then; :func:`weights_fingerprint` makes one),
+    and the work is saved every ``chunk_size`` captions, so a killed pass resumes where it
+    stopped. Equal similarities go to the lowest pool index, whatever the block sizes.
     """
     unsafe_captions, safe_captions = list(unsafe_captions), list(safe_captions)
     _check_captions("unsafe_captions", unsafe_captions)
     _check_captions("safe_captions", safe_captions)
-    for name, value in (("batch_size", batch_size), ("pool_block", pool_block)):
+    for name, value in (("batch_size", batch_size), ("pool_block", pool_block), ("chunk_size", chunk_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SafeclipError(f"proximity targets: {name} must be a positive integer, got {value!r}")
-    key = None
+    partial = None
     if cache_dir is not None:
         if not model_fingerprint:
             raise SafeclipError("proximity targets: caching needs a model_fingerprint "
@@ -101,23 +106,36 @@ def nearest_safe_captions(unsafe_captions: Sequence[str], safe_captions: Sequenc
         if cached is not None:
             logger.info("proximity targets: reusing the cache in %s", cache_dir)
             return cached
+        partial = _PartialWork(Path(cache_dir) / f"{CACHE_NAME}.partial", key)
 
     with torch.no_grad():
-        pool = _embed_all(safe_captions, embed_texts, batch_size, progress)
+        pool = _embed_pool(safe_captions, embed_texts, batch_size, chunk_size, partial, progress)
         indices = np.empty(len(unsafe_captions), dtype=np.int64)
         similarities = np.empty(len(unsafe_captions), dtype=np.float32)
         with tqdm(total=len(unsafe_captions), desc="nearest safe caption", unit="caption",
                   disable=not progress) as bar:
-            for start in range(0, len(unsafe_captions), batch_size):
-                batch = unsafe_captions[start:start + batch_size]
-                queries = _embedded(batch, embed_texts, "unsafe", start, pool.shape[1], pool.device)
-                best, where = running_top1(queries, pool, pool_block)
-                indices[start:start + len(batch)] = where.cpu().numpy()
-                similarities[start:start + len(batch)] = best.cpu().numpy()
-                bar.update(len(batch))
+            for chunk, begin in enumerate(range(0, len(unsafe_captions), chunk_size)):
+                end = min(begin + chunk_size, len(unsafe_captions))
+                done = partial.load(f"targets-{chunk:05d}", end - begin) if partial else None
+                if done is None:
+                    for start in range(begin, end, batch_size):
+                        batch = unsafe_captions[start:min(start + batch_size, end)]
+                        queries = _embedded(batch, embed_texts, "unsafe", start, pool.shape[1], pool.device)
+                        best, where = running_top1(queries, pool, pool_block)
+                        indices[start:start + len(batch)] = where.cpu().numpy()
+                        similarities[start:start + len(batch)] = best.cpu().numpy()
+                        bar.update(len(batch))
+                    if partial:
+                        partial.save(f"targets-{chunk:05d}", np.stack(
+                            [indices[begin:end].astype(np.float64), similarities[begin:end]], axis=1))
+                else:
+                    indices[begin:end] = done[:, 0].astype(np.int64)
+                    similarities[begin:end] = done[:, 1]
+                    bar.update(end - begin)
     targets = ProximityTargets(indices=indices, similarities=similarities)
-    if key is not None:
+    if partial:
         _write_cache(Path(cache_dir), key, targets, len(safe_captions))
+        partial.remove()
     return targets
 
 
@@ -161,17 +179,74 @@ def _embedded(texts: list[str], embed_texts: EmbedTexts, kind: str, offset: int,
     return torch.nn.functional.normalize(out, dim=1)
 
 
-def _embed_all(texts: list[str], embed_texts: EmbedTexts, batch_size: int, progress: bool) -> Tensor:
-    """The safe pool, embedded batch by batch: ``[N, D]`` unit rows on the device they came on."""
-    parts: list[Tensor] = []
+def _embed_pool(texts: list[str], embed_texts: EmbedTexts, batch_size: int, chunk_size: int,
+                partial: _PartialWork | None, progress: bool) -> Tensor:
+    """The safe pool as ``[N, D]`` unit rows, on the device the embeddings come on."""
+    chunks: list[Tensor] = []
+    fresh_device = None
     with tqdm(total=len(texts), desc="embedding the safe pool", unit="caption", disable=not progress) as bar:
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start:start + batch_size]
-            first = parts[0] if parts else None
-            parts.append(_embedded(batch, embed_texts, "safe", start, None if first is None else first.shape[1],
-                                   None if first is None else first.device))
-            bar.update(len(batch))
-    return torch.cat(parts)
+        for chunk, begin in enumerate(range(0, len(texts), chunk_size)):
+            end = min(begin + chunk_size, len(texts))
+            dim = chunks[0].shape[1] if chunks else None
+            done = partial.load(f"pool-{chunk:05d}", end - begin, dim) if partial else None
+            if done is not None:
+                chunks.append(torch.from_numpy(done))
+                bar.update(end - begin)
+                continue
+            parts = []
+            for start in range(begin, end, batch_size):
+                batch = texts[start:min(start + batch_size, end)]
+                parts.append(_embedded(batch, embed_texts, "safe", start, dim, fresh_device))
+                dim, fresh_device = parts[-1].shape[1], parts[-1].device
+                bar.update(len(batch))
+            chunks.append(torch.cat(parts))
+            if partial:
+                partial.save(f"pool-{chunk:05d}", chunks[-1].cpu().numpy())
+    device = fresh_device or torch.device("cpu")
+    return torch.cat([chunk.to(device) for chunk in chunks])
+
+
+class _PartialWork:
+    """Finished chunks of a pass as ``.npy`` files; a folder left by other data or weights is wiped.
+
+    Target chunks are ``[n, 2]`` float64 rows of (pool index, similarity): exact for both.
+    """
+
+    def __init__(self, folder: Path, key: str):
+        self.folder = folder
+        key_path = folder / "key.json"
+        if folder.is_dir():
+            try:
+                same = json.loads(key_path.read_text(encoding="utf-8")).get("key") == key
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                self.remove()
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            atomic_write_text(key_path, json.dumps({"key": key}))
+        elif any(folder.glob("*.npy")):
+            logger.info("proximity targets: resuming the pass saved in %s", folder)
+
+    def load(self, name: str, rows: int, dim: int | None = None) -> np.ndarray | None:
+        path = self.folder / f"{name}.npy"
+        if not path.is_file():
+            return None
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if array.ndim != 2 or array.shape[0] != rows or (dim is not None and array.shape[1] != dim):
+            return None
+        return array
+
+    def save(self, name: str, array: np.ndarray) -> None:
+        atomic_write(self.folder / f"{name}.npy", lambda tmp: _save_npy(tmp, array))
+
+    def remove(self) -> None:
+        for path in self.folder.iterdir():
+            path.unlink()
+        self.folder.rmdir()
 
 
 def _cache_key(data_hash: str, model_fingerprint: str) -> str:
