@@ -8,9 +8,11 @@ the run as ``config.yaml`` and inside ``safeclip.json``.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -29,6 +31,13 @@ SAFE_CLIP_REFERENCE_WEIGHTS = {
 }
 
 
+# Settings that take one of a few values; the allowed values come from these types.
+Towers = Literal["both", "text"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Normalization = Literal["sum", "none"]
+LrSchedule = Literal["cosine", "constant"]
+
+
 @dataclass
 class LoraConfig:
     rank: int = 16
@@ -37,7 +46,7 @@ class LoraConfig:
     # open_clip module names: `attn` is nn.MultiheadAttention (q/k/v and out projections),
     # c_fc / c_proj are the MLP layers; add `conv1` for the patch embedding.
     targets: list[str] = field(default_factory=lambda: ["attn", "c_fc", "c_proj"])
-    towers: str = "both"  # "both" or "text"
+    towers: Towers = "both"
 
 
 @dataclass
@@ -46,7 +55,7 @@ class LossConfig:
     weights: dict[str, float] = field(default_factory=lambda: dict(SAFE_CLIP_REFERENCE_WEIGHTS))
     # "sum": every weight is divided once by the sum of all eight configured weights, so a term
     # has the same scale whether or not the dataset has unsafe images. "none": used as given.
-    normalization: str = "sum"
+    normalization: Normalization = "sum"
 
 
 @dataclass
@@ -78,9 +87,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     # "cosine": linear warm-up over `warmup_steps` optimizer steps, then a cosine decay to 0 at
     # the last step; "constant": the same warm-up, then `lr` throughout
-    lr_schedule: str = "cosine"
+    lr_schedule: LrSchedule = "cosine"
     warmup_steps: int = 0
-    precision: str = "auto"  # auto: bf16/fp16 autocast on GPU, fp32 on CPU; or fp32, fp16, bf16
+    precision: Precision = "auto"  # auto: bf16/fp16 autocast on GPU, fp32 on CPU; or fp32, fp16, bf16
     device: str = "auto"
     seed: int = 0
     checkpoint_every: int = 200
@@ -97,8 +106,70 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
-    """Build a config from nested dicts, rejecting unknown keys by name."""
-    return _build(TrainConfig, values, prefix="")
+    """Build a config from nested dicts, rejecting unknown keys by name and bad values by
+    :func:`validate_config`."""
+    config = _build(TrainConfig, values, prefix="")
+    validate_config(config)
+    return config
+
+
+# The smallest value of each bounded number (``max_steps`` may also be null: no limit).
+_AT_LEAST = {"epochs": 1, "max_steps": 1, "batch_size": 1, "grad_accum_steps": 1, "checkpoint_every": 1,
+             "log_every": 1, "warmup_steps": 0, "weight_decay": 0, "early_stopping_patience": 0,
+             "data.num_workers": 0, "lora.rank": 1}
+_POSITIVE = {"lr", "lora.alpha", "loss.tau"}
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise SafeclipError, in one line naming the key, for the first value out of range or
+    not among a setting's choices; nothing is loaded before this passes."""
+    for key, value, hint in _settings(config):
+        origin = typing.get_origin(hint)
+        if origin is Literal and value not in typing.get_args(hint):
+            allowed = ", ".join(map(str, typing.get_args(hint)))
+            raise SafeclipError(f"config key '{key}' must be one of {allowed}, got {value!r}")
+        if hint is bool and not isinstance(value, bool):
+            raise SafeclipError(f"config key '{key}' must be true or false, got {value!r}")
+        if value is not None and (key in _AT_LEAST or key in _POSITIVE):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SafeclipError(f"config key '{key}' must be a number, got {value!r}")
+            if key in _POSITIVE and value <= 0:
+                raise SafeclipError(f"config key '{key}' must be greater than 0, got {value!r}")
+            if key in _AT_LEAST and value < _AT_LEAST[key]:
+                hint_text = " (leave it unset for no limit)" if key == "max_steps" else ""
+                raise SafeclipError(f"config key '{key}' must be at least {_AT_LEAST[key]}, got {value!r}{hint_text}")
+    if not 0 <= config.lora.dropout < 1:
+        raise SafeclipError(f"config key 'lora.dropout' must be in [0, 1), got {config.lora.dropout!r}")
+    validate_loss_weights(config.loss.weights)
+
+
+def validate_loss_weights(weights: dict[str, float]) -> dict[str, float]:
+    """The eight Safe-CLIP weights as floats, in the reference order; each must be a number >= 0."""
+    if not isinstance(weights, dict):
+        raise SafeclipError(f"loss.weights: must be a mapping of term name to weight, got {weights!r}")
+    known = list(SAFE_CLIP_REFERENCE_WEIGHTS)
+    unknown = [name for name in weights if name not in SAFE_CLIP_REFERENCE_WEIGHTS]
+    if unknown:
+        raise SafeclipError(f"loss.weights: unknown term '{unknown[0]}' (known: {', '.join(known)})")
+    missing = [name for name in known if name not in weights]
+    if missing:
+        raise SafeclipError(f"loss.weights: missing term '{missing[0]}' (set all eight; 0 disables a term)")
+    for name in known:
+        value = weights[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise SafeclipError(f"loss.weights.{name}: must be a number >= 0, got {value!r}")
+    return {name: float(weights[name]) for name in known}
+
+
+def _settings(config, prefix: str = ""):
+    """(dotted key, value, type) of every leaf setting, nested configs included."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            yield from _settings(value, f"{prefix}{item.name}.")
+        else:
+            yield f"{prefix}{item.name}", value, hints[item.name]
 
 
 def _build(cls, values: dict[str, Any], prefix: str):
@@ -112,6 +183,8 @@ def _build(cls, values: dict[str, Any], prefix: str):
             else known[name].default
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             kwargs[name] = _build(type(default), value, prefix=f"{prefix}{name}.")
+        elif dataclasses.is_dataclass(default):
+            raise SafeclipError(f"config key '{prefix}{name}' must be a mapping of its settings, got {value!r}")
         elif isinstance(default, dict) and isinstance(value, dict):
             kwargs[name] = {**default, **value}  # e.g. loss.weights: set only the terms you change
         else:
@@ -125,6 +198,8 @@ def _coerce(value: Any, default: Any, annotation: str, key: str) -> Any:
         default = 0 if annotation.startswith("int") else 0.0
     if isinstance(default, bool) or value is None or not isinstance(default, (int, float)):
         return value
+    if isinstance(value, bool):
+        raise SafeclipError(f"config key '{key}' must be a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -137,19 +212,44 @@ def _coerce(value: Any, default: Any, annotation: str, key: str) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the YAML file, then ``overrides`` (dotted keys: ``{"lora.rank": 8}``)."""
+    """Defaults, then the YAML file, then ``overrides`` (dotted keys: ``{"lora.rank": 8}``),
+    validated once all three are applied."""
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise SafeclipError(f"{path}: cannot read config ({str(error).splitlines()[0]})") from error
-        if not isinstance(values, dict):
-            raise SafeclipError(f"{path}: a config file must be a YAML mapping")
-    merged = to_dict(from_dict(values))
+        values = _read_yaml(Path(path))
+    merged = to_dict(_build(TrainConfig, values, prefix=""))
     for dotted, value in (overrides or {}).items():
         _set_dotted(merged, dotted, value)
     return from_dict(merged)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise SafeclipError(f"{path}: cannot read config ({error.strerror or error})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise SafeclipError(f"{path}:{line}: config is not UTF-8 text (byte {raw[error.start]:#04x})") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise SafeclipError(f"{path}{_yaml_position(error)}: invalid YAML ({_yaml_problem(error)})") from None
+    if not isinstance(values, dict):
+        raise SafeclipError(f"{path}: a config file must be a YAML mapping")
+    return values
+
+
+def _yaml_position(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    parts = [getattr(error, "context", None), getattr(error, "problem", None)]
+    return ", ".join(part for part in parts if part) or str(error).splitlines()[0]
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -157,7 +257,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise SafeclipError(f"override '{text}' must look like key.path=value")
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise SafeclipError(f"override '{text}': invalid YAML value ({_yaml_problem(error)})") from None
 
 
 def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:

@@ -8,16 +8,17 @@ were (preservation). Every term takes raw projection outputs and normalises them
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import SAFE_CLIP_REFERENCE_WEIGHTS, LossConfig
+from .config import LossConfig, Normalization, validate_loss_weights
 from .errors import SafeclipError
 
-NORMALIZATIONS = ("sum", "none")
+NORMALIZATIONS = typing.get_args(Normalization)
 
 
 def _normalized(x: Tensor) -> Tensor:
@@ -79,7 +80,7 @@ class SafeClipLoss(torch.nn.Module):
     def __init__(self, config: LossConfig):
         super().__init__()
         self.tau = _validated_tau(config.tau)
-        weights = _validated_weights(config.weights)
+        weights = validate_loss_weights(config.weights)
         if config.normalization == "sum":
             total = sum(weights.values())
             if total <= 0:
@@ -111,20 +112,3 @@ def _validated_tau(tau) -> float:
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
         raise SafeclipError(f"loss.tau: must be a positive number, got {tau!r}")
     return float(tau)
-
-
-def _validated_weights(weights: dict[str, float]) -> dict[str, float]:
-    if not isinstance(weights, dict):
-        raise SafeclipError(f"loss.weights: must be a mapping of term name to weight, got {weights!r}")
-    known = list(SAFE_CLIP_REFERENCE_WEIGHTS)
-    unknown = [name for name in weights if name not in SAFE_CLIP_REFERENCE_WEIGHTS]
-    if unknown:
-        raise SafeclipError(f"loss.weights: unknown term '{unknown[0]}' (known: {', '.join(known)})")
-    missing = [name for name in known if name not in weights]
-    if missing:
-        raise SafeclipError(f"loss.weights: missing term '{missing[0]}' (set all eight; 0 disables a term)")
-    for name in known:
-        value = weights[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise SafeclipError(f"loss.weights.{name}: must be a number >= 0, got {value!r}")
-    return {name: float(weights[name]) for name in known}

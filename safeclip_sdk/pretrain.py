@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import TrainConfig, to_dict
+from .config import TrainConfig, to_dict, validate_config
 from .models import LoadedModel, load_model, save_model_dir
 from .devices import resolve_device
 from .trainer import Trainer
@@ -46,6 +46,7 @@ def pretrain_clip(architecture: str, train_data: str | Path, output_dir: str | P
     from .data import ImageTextPairs, load_dataset
     from .lora import DualEncoder
 
+    validate_config(config)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     base = load_model(architecture, device=device)

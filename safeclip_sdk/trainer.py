@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, resume_candidates, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, validate_config
 from .devices import resolve_device
 from .distributed import DistributedContext, all_reduce_sum, gather_batch
 from .errors import SafeclipError
@@ -140,6 +140,7 @@ class Trainer:
                  run_dir: str | Path, *, val_dataset=None, device: torch.device | None = None,
                  context: DistributedContext | None = None,
                  callbacks: Iterable[Callable[["Trainer"], None]] = ()):
+        validate_config(config)
         self.config = config
         self.run_dir = Path(run_dir)
         self.context = context or DistributedContext()

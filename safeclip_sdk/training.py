@@ -18,7 +18,7 @@ import torch
 
 from . import __version__
 from .checkpoint import has_checkpoints
-from .config import TrainConfig, load_config, save_config, to_dict
+from .config import TrainConfig, load_config, save_config, to_dict, validate_config
 from .distributed import DistributedContext, init_distributed, shutdown_distributed
 from .errors import SafeclipError
 from .models import LoadedModel, atomic_write_text, load_model, save_model_dir
@@ -85,6 +85,8 @@ def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> T
         config = load_config(config, overrides)
     elif overrides:
         config = load_config(None, {**_flatten(to_dict(config)), **overrides})
+    else:
+        validate_config(config)
     if config.method != "safe-clip":
         raise SafeclipError(f"method '{config.method}' is not available yet (this version trains safe-clip)")
     device = resolve_device(config.device)

@@ -67,3 +67,78 @@ def test_device_settings_resolve_or_fail_in_one_line():
     if not torch.cuda.is_available():
         with pytest.raises(SafeclipError, match="torch sees no CUDA GPU"):
             resolve_device("cuda:1")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("lr", 0, "'lr' must be greater than 0, got 0.0"),
+    ("lr", -1e-4, "'lr' must be greater than 0"),
+    ("batch_size", -4, "'batch_size' must be at least 1, got -4"),
+    ("batch_size", 0, "'batch_size' must be at least 1"),
+    ("grad_accum_steps", 0, "'grad_accum_steps' must be at least 1"),
+    ("checkpoint_every", 0, "'checkpoint_every' must be at least 1"),
+    ("log_every", 0, "'log_every' must be at least 1"),
+    ("epochs", 0, "'epochs' must be at least 1, got 0"),
+    ("epochs", True, "'epochs' must be a number, got True"),
+    ("max_steps", -5, "'max_steps' must be at least 1, got -5 \\(leave it unset for no limit\\)"),
+    ("max_steps", 0, "'max_steps' must be at least 1"),
+    ("warmup_steps", -1, "'warmup_steps' must be at least 0"),
+    ("data.num_workers", -2, "'data.num_workers' must be at least 0"),
+    ("lora.rank", 0, "'lora.rank' must be at least 1"),
+    ("lora.alpha", 0, "'lora.alpha' must be greater than 0"),
+    ("lora.dropout", 1.0, "'lora.dropout' must be in \\[0, 1\\)"),
+    ("loss.tau", 0, "'loss.tau' must be greater than 0"),
+    ("lora.towers", "image", "'lora.towers' must be one of both, text, got 'image'"),
+    ("precision", "fp64", "'precision' must be one of auto, fp32, bf16, fp16, got 'fp64'"),
+    ("loss.normalization", "mean", "'loss.normalization' must be one of sum, none, got 'mean'"),
+    ("lr_schedule", "linear", "'lr_schedule' must be one of cosine, constant, got 'linear'"),
+    ("resume", "yes", "'resume' must be true or false, got 'yes'"),
+    ("loss.weights", {"image_unsafe_cos": -1}, "loss.weights.image_unsafe_cos: must be a number >= 0"),
+])
+def test_values_out_of_range_are_refused_when_the_config_is_built(key, value, message):
+    with pytest.raises(SafeclipError, match=message) as error:
+        load_config(None, {key: value})
+    assert "\n" not in str(error.value)
+
+
+def test_validation_applies_to_the_merged_config_and_to_configs_built_in_code(tmp_path):
+    from safeclip_sdk.config import TrainConfig
+    from safeclip_sdk.training import train
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("epochs: 0\nlr_schedule: constant\n")
+    with pytest.raises(SafeclipError, match="'epochs' must be at least 1"):
+        load_config(path)
+    config = load_config(path, {"epochs": 3})  # the command line fixes the file: valid as a whole
+    assert config.epochs == 3 and config.lr_schedule == "constant"
+    with pytest.raises(SafeclipError, match="'batch_size' must be at least 1"):
+        train(TrainConfig(batch_size=0, output_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_syntax_error_keeps_its_line_and_column(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("lr: 0.01\nlora:\n  rank: 8\n   alpha: 4\n")
+    with pytest.raises(SafeclipError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}:4:") and "invalid YAML" in message and "\n" not in message
+    path.write_bytes(b"lr: 0.01\n# caf\xe9\n")
+    with pytest.raises(SafeclipError, match=r"cfg.yaml:2: config is not UTF-8 text \(byte 0xe9\)"):
+        load_config(path)
+    with pytest.raises(SafeclipError, match="override 'loss.weights=\\{a: ': invalid YAML value"):
+        parse_override("loss.weights={a: ")
+
+
+@pytest.mark.parametrize("option", [["--epochs", "0"], ["--batch-size", "-4"], ["--lr", "0"]])
+def test_cli_refuses_bad_numbers_before_anything_is_loaded_or_written(tmp_path, option):
+    from click.testing import CliRunner
+
+    from safeclip_sdk.cli.main import cli
+
+    run_dir = tmp_path / "run"
+    outcome = CliRunner().invoke(cli, ["train", "--train-data", str(tmp_path / "absent.jsonl"),
+                                       "-o", str(run_dir), *option])
+    assert outcome.exit_code != 0
+    lines = outcome.output.strip().splitlines()
+    assert len(lines) == 1 and option[0].removeprefix("--").replace("-", "_") in lines[0], outcome.output
+    assert not run_dir.exists()

@@ -235,12 +235,14 @@ def test_constant_schedule_keeps_the_rate_after_warm_up(tmp_path):
 
 
 def test_early_stopping_stops_when_the_validation_metric_does_not_improve(tmp_path):
-    # lr 0: the validation loss cannot improve after the first epoch
+    # every step's update is undone: the validation loss cannot improve after the first epoch
     data = SyntheticQuadruplets(8)
     encoder, objective = make_encoder_and_objective()
-    trainer = Trainer(encoder, objective, data, trainer_config(tmp_path, lr=0.0, epochs=5, batch_size=4,
+    trainer = Trainer(encoder, objective, data, trainer_config(tmp_path, epochs=5, batch_size=4,
                                                                early_stopping_patience=1),
                       tmp_path, val_dataset=SyntheticQuadruplets(8, seed=5))
+    initial = trainer.trainable_state()
+    trainer.callbacks.append(lambda trainer: trainer.load_trainable_state(initial))
     progress = trainer.fit()
     assert progress.stopped_early
     assert progress.epoch == 2 and progress.best_step == 2
