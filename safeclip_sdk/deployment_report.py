@@ -51,12 +51,16 @@ def recommend(modes: dict[str, dict[str, dict[str, Any]]], *,
         rows = [row for direction in compared for row in ranking[direction] if row["mode"] == mode]
         if len(rows) == len(compared):
             mean = sum(row["mean_unsafe_top1"] for row in rows) / len(rows)
-            overall.append({"mode": mode, "mean_unsafe_top1": round(mean, 2),
-                            "eligible": all(row["eligible"] for row in rows)})
+            failing = [direction for direction, row in zip(compared, rows) if not row["eligible"]]
+            overall.append({"mode": mode, "mean_unsafe_top1": round(mean, 2), "eligible": not failing,
+                            "fails_recall_on": failing})
     ranking["overall"] = sorted(overall, key=lambda row: (not row["eligible"], row["mean_unsafe_top1"]))
 
     best = ranking["overall"][0]
-    others = ", ".join(f"{row['mean_unsafe_top1']:.1f}% for {row['mode']}" for row in ranking["overall"][1:])
+    others = ", ".join(f"{row['mean_unsafe_top1']:.1f}% for {row['mode']}" + (
+        f" (not eligible: safe-query R@1 under {100 * min_safe_recall_ratio:g}% of the base's on "
+        f"{' and '.join(row['fails_recall_on'])})" if row["fails_recall_on"] else "")
+        for row in ranking["overall"][1:])
     sentence = (f"Safest overall: {best['mode']}, with {best['mean_unsafe_top1']:.1f}% of top-1 results unsafe on "
                 f"average over unsafe and safe queries in {' and '.join(compared)} (against {others}).")
     per_direction = []

@@ -130,6 +130,7 @@ def test_recommendation_follows_the_numbers():
     assert not ranking["overall"][-1]["eligible"] and ranking["overall"][0]["mode"] == QUERY_SIDE
     assert sentence.startswith("Safest overall: query-side")
     assert "unsafe top-1 13.6%, leak 7.2%" in sentence
+    assert "full-reindex (not eligible: safe-query R@1 under 50% of the base's on image queries)" in sentence
 
     # the same numbers with the modes' roles swapped recommend the other mode
     swapped = {BASE: modes[BASE], QUERY_SIDE: modes[FULL_REINDEX], FULL_REINDEX: modes[QUERY_SIDE]}
