@@ -72,6 +72,9 @@ def format_table(results, fields: tuple[str, ...] = (), max_fields: int = 3, wid
 
 def _cell(payload: dict, field: str, width: int) -> str:
     value = payload.get(field, "")
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    else:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
     text = " ".join(text.split())
     return text if len(text) <= width else text[:width - 3] + "..."
