@@ -104,7 +104,12 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
     pending = [i for i in range(chunk_count) if not _chunk_meta(work, i).is_file()]
     reused = chunk_count - len(pending)
     if pending:
-        encoder = Encoder.load(model, backend, device=device, precision=precision, batch_size=batch_size)
+        try:
+            encoder = Encoder.load(model, backend, device=device, precision=precision, batch_size=batch_size)
+        except BaseException:
+            if not reused:  # nothing done yet: leave no work folder in the way of the next run
+                shutil.rmtree(work)
+            raise
         _embed_chunks(encoder, inputs, work, state, kind, pending, progress, on_chunk_done)
     report = _assemble(work, output, ids, chunk_count, kind)
     shutil.rmtree(work)

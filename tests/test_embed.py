@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from safeclip_sdk.cli.main import cli
 from safeclip_sdk.embed import embed
 from safeclip_sdk.encoder import Encoder
-from safeclip_sdk.errors import DataError
+from safeclip_sdk.errors import DataError, ModelLoadError
 
 
 def _picture(seed: int, size=(72, 56)) -> Image.Image:
@@ -170,3 +170,13 @@ def test_every_item_failing_is_an_error_that_keeps_the_earlier_output(image_fold
     result = CliRunner().invoke(cli, ["embed", str(tiny_model_dir), str(broken), str(output)])
     assert result.exit_code == 1
     assert "every one of the 2 images failed" in result.output and str(failures_path) in result.output
+
+
+def test_a_model_that_fails_to_load_leaves_no_work_folder(tmp_path, tiny_model_dir, image_folder):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red car\n", encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="no-such-model"):
+        embed(tmp_path / "no-such-model", texts, tmp_path / "out.npy", progress=False)
+    assert not (tmp_path / ".out.npy.parts").exists()
+    embed(tiny_model_dir, texts, tmp_path / "out.npy", progress=False)  # the next run is not blocked
+    assert np.load(tmp_path / "out.npy").shape == (1, 64)
