@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -467,3 +470,87 @@ def test_unreachable_server_never_shows_the_api_key(monkeypatch, caplog):
     logged = [record.getMessage() for record in caplog.records]
     assert any("retrying" in line for line in logged)
     assert not any(marker in line for line in logged)
+
+
+# --- a failing HTTP server: qdrant-client's real REST path against chosen answers ---
+
+class _FailingQdrant(BaseHTTPRequestHandler):
+    """Answers every request with ``status`` (after ``delay`` seconds), recording what it got."""
+
+    status, body, delay = 503, b"", 0.0
+    seen: list = []
+
+    def _answer(self):
+        self.seen.append((self.command, self.path, dict(self.headers)))
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        time.sleep(self.delay)
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def failing_server():
+    _FailingQdrant.seen = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FailingQdrant)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", _FailingQdrant
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _answer_with(handler, status, error=None, delay=0.0):
+    handler.status, handler.delay = status, delay
+    handler.body = json.dumps({"status": {"error": error}}).encode() if error else b"{}"
+
+
+def test_server_errors_5xx_and_429_are_retried(failing_server, monkeypatch, caplog):
+    url, handler = failing_server
+    marker = "sk-MARKER-" + uuid.uuid4().hex
+    monkeypatch.setenv("QDRANT_API_KEY", marker)
+    store = open_store(url, timeout=2, retries=2, retry_base_delay=0.01, retry_max_delay=0.01)
+    with caplog.at_level(logging.DEBUG):
+        _answer_with(handler, 503, "Service unavailable")
+        with pytest.raises(StoreError) as caught:
+            store.upsert("photos", _points(2))
+        assert str(caught.value) == f"qdrant {url}: upsert 'photos' failed after 3 attempts (HTTP 503 Service Unavailable)"
+        assert len(handler.seen) == 3
+        _answer_with(handler, 429, "Too many requests")
+        with pytest.raises(StoreError, match=r"count 'photos' failed after 3 attempts \(HTTP 429 too many requests\)"):
+            store.count("photos")
+    assert all(headers.get("api-key") == marker for _, _, headers in handler.seen)  # the key was sent...
+    assert marker not in caplog.text  # ...and never logged
+    assert marker not in "".join(traceback.format_exception(caught.value))
+
+
+def test_a_slow_server_times_out(failing_server):
+    url, handler = failing_server
+    _answer_with(handler, 200, delay=1.6)
+    store = open_store(url, timeout=1, retries=1, retry_base_delay=0.01)
+    with pytest.raises(StoreError, match=r"scroll 'photos' failed after 2 attempts \(timed out\)"):
+        store.scroll("photos")
+
+
+def test_server_rejections_are_not_retried(failing_server):
+    url, handler = failing_server
+    store = open_store(url, retries=3, retry_base_delay=0.01)
+    _answer_with(handler, 400, "Wrong input: Vector dimension error: expected dim: 4, got 3")
+    with pytest.raises(StoreError) as caught:
+        store.upsert("photos", _points(1, dim=3))
+    assert str(caught.value) == (f"qdrant {url}: upsert 'photos' failed: HTTP 400 "
+                                 f"Wrong input: Vector dimension error: expected dim: 4, got 3")
+    assert len(handler.seen) == 1
+    _answer_with(handler, 404, "Collection `photos` doesn't exist!")
+    with pytest.raises(MissingCollectionError, match=f"qdrant {url}: collection 'photos' not found"):
+        store.count("photos")
+    assert len(handler.seen) == 2
