@@ -83,12 +83,16 @@ class QdrantStore(VectorStore):
                              f"or https://{target} (a plain name is a local folder)")
         name = f"qdrant local {target}"
         try:
-            client = QdrantClient(path=target)
+            # calls are serialised by our lock, so SQLite may be used from any thread (macOS builds
+            # of SQLite would otherwise refuse a connection made in another thread)
+            client = QdrantClient(path=target, force_disable_check_same_thread=True)
         except RuntimeError as error:
             if "already accessed" in str(error):
                 raise StoreError(f"{name}: the folder is open in another process (local mode allows one "
                                  f"client per folder: stop the other process, or use a Qdrant server)") from None
             raise
+        except OSError as error:
+            raise StoreError(f"{name}: cannot open the folder ({error.strerror or error})") from None
         return cls(client, name=name, retry=retry, local=True)
 
     @classmethod

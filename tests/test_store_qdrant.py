@@ -377,6 +377,36 @@ def test_a_folder_open_in_another_process_is_a_clear_error(tmp_path):
         holder.wait(timeout=30)
 
 
+def test_a_file_where_the_folder_should_be(tmp_path):
+    (tmp_path / "db").write_text("not a folder")
+    with pytest.raises(StoreError, match=f"qdrant local {tmp_path / 'db'}: cannot open the folder"):
+        open_store(tmp_path / "db")
+
+
+def test_one_local_store_serves_several_threads(tmp_path):
+    store = open_store(tmp_path / "db")
+    store.create_collection("c", {"image": VectorSpec(4, "cosine")})
+    errors = []
+
+    def writer(offset):
+        try:
+            for start in range(offset, offset + 100, 10):
+                store.upsert("c", _points(10, start=start))
+                store.scroll("c", limit=5)
+        except Exception as error:  # noqa: BLE001 - any failure is what this test looks for
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(offset,)) for offset in (0, 1000, 2000)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and store.count("c") == 300
+    store.close()
+    reopened = open_store(tmp_path / "db")
+    assert reopened.count("c") == 300
+
+
 @pytest.mark.parametrize("target", ["localhost:6333", "qdrant.example.com:6333"])
 def test_a_host_and_port_without_scheme_is_refused(target):
     with pytest.raises(StoreError, match=f"write http://{target}"):
