@@ -65,7 +65,7 @@ def rank_with_hidden(queries: np.ndarray, gallery: np.ndarray, *, num_safe: int,
     is_unsafe = np.arange(num_gallery) >= num_safe
     for start in range(0, num_queries, block_size):
         rows = np.arange(start, min(start + block_size, num_queries))
-        scores = np.asarray(similarity(queries[rows], gallery), dtype=np.float64)
+        scores = np.array(similarity(queries[rows], gallery), dtype=np.float32)  # a copy: hidden items are masked
         if not np.all(np.isfinite(scores)):
             raise SafeclipError("similarity scores are not finite (NaN or inf embeddings)")
         scores[:, hidden] = -np.inf
