@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -59,3 +65,17 @@ def write_image(path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rng.integers(0, 255, size=(40, 48, 3), dtype=np.uint8)).save(path)
+
+
+@contextlib.contextmanager
+def fast_folder(fallback):
+    """A folder in RAM (/dev/shm) where there is one: qdrant-client's local mode commits to SQLite
+    once per point, which a busy disk makes slow; the store behaves the same either way."""
+    if not os.path.isdir("/dev/shm"):
+        yield fallback
+        return
+    folder = tempfile.mkdtemp(prefix="safeclip-reindex-", dir="/dev/shm")
+    try:
+        yield Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -93,7 +93,8 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             from ..encoder import Encoder
 
             encoder = Encoder.load(model, backend="auto")
-        label = os.fspath(model) if model is not None else repr(encoder)
+        label = repr(encoder) if model is None else (
+            str(Path(model).resolve()) if Path(model).exists() else os.fspath(model))
         started = time.time()
         probe = model_probe(encoder)
         job = st.read_job(store, collection)
