@@ -105,6 +105,9 @@ def direction_metrics(safe_queries: np.ndarray, unsafe_queries: np.ndarray | Non
 
 def shift_scores(base: EmbeddingSet, safe: EmbeddingSet) -> dict[str, dict[str, np.ndarray]]:
     """``{"images"|"texts": {"safe": scores, "unsafe": scores}}``; images only with unsafe images."""
+    if base.safe_text.shape[1] != safe.safe_text.shape[1]:
+        raise SafeclipError(f"the base model embeds into {base.safe_text.shape[1]} dimensions and the safe model into "
+                            f"{safe.safe_text.shape[1]}: query-side search and the shift score need one space")
     scores = {TEXTS: {"safe": shift_score(base.safe_text, safe.safe_text),
                       "unsafe": shift_score(base.unsafe_text, safe.unsafe_text)}}
     image_scores = {"safe": shift_score(base.safe_image, safe.safe_image)}

@@ -108,6 +108,13 @@ def test_text_only_data_gives_the_directions_that_exist():
     assert list(modes[SIDE_BY_SIDE]) == [IMAGE_QUERIES]
 
 
+def test_models_of_different_embedding_sizes_are_refused():
+    base, safe = redirecting_world()
+    wider = EmbeddingSet(*(np.pad(values, ((0, 0), (0, 1))) for values in dataclasses.astuple(safe)))
+    with pytest.raises(SafeclipError, match="12 dimensions and the safe model into 13"):
+        deployment_metrics(base, wider)
+
+
 def _modes(rows):
     """``{mode: {direction: metrics}}`` from ``(mode, direction, unsafe_top1, leak, safe R@1)``."""
     modes = {}
