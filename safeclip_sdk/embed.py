@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from .data.quadruplets import RowError, read_text_lines
 from .encoder import Encoder
 from .errors import DataError
 from .images import IMAGE_EXTENSIONS
@@ -173,11 +174,11 @@ def list_images(folder: Path) -> list[str]:
 
 def read_texts(path: Path) -> tuple[list[ItemId], list[str]]:
     """Ids and texts of a text file (ids = line numbers) or a ``.jsonl`` file ({"id", "text"})."""
-    try:
-        with path.open(encoding="utf-8") as file:
-            lines = [line.rstrip("\r\n") for line in file]
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+    lines = []
+    for source, line in read_text_lines(path):
+        if isinstance(line, RowError):
+            raise DataError(f"{source}: {line}")
+        lines.append(line.rstrip("\r\n"))
     if path.suffix.lower() == ".jsonl":
         ids, texts = _parse_jsonl(path, lines)
     else:
@@ -235,14 +236,14 @@ def _load_or_start(work: Path, settings: dict[str, str], inputs: Path, kind: str
         changed = sorted(key for key in settings if state.get("settings", {}).get(key) != settings[key])
         raise DataError(f"{work}: an unfinished run with different settings ({', '.join(changed) or 'version'}) "
                         f"is in the way; run again with --no-resume (resume=False) to start over")
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
     state: dict[str, Any] = {"version": STATE_VERSION, "settings": settings, "chunk_size": chunk_size}
     if kind == "image":
         state["ids"] = list_images(inputs)
     else:
         state["ids"], state["texts"] = read_texts(inputs)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
     atomic_write_text(state_path, json.dumps(state))
     return state
 

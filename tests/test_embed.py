@@ -180,3 +180,11 @@ def test_a_model_that_fails_to_load_leaves_no_work_folder(tmp_path, tiny_model_d
     assert not (tmp_path / ".out.npy.parts").exists()
     embed(tiny_model_dir, texts, tmp_path / "out.npy", progress=False)  # the next run is not blocked
     assert np.load(tmp_path / "out.npy").shape == (1, 64)
+
+
+def test_a_text_file_that_is_not_utf8_is_named_by_line(tmp_path, tiny_model_dir):
+    texts = tmp_path / "captions.txt"
+    texts.write_bytes("a red car\n".encode() + "un café\n".encode("latin-1"))
+    with pytest.raises(DataError, match=rf"^{texts}:2: not UTF-8 \(invalid continuation byte 0xe9"):
+        embed(tiny_model_dir, texts, tmp_path / "out.npy", progress=False)
+    assert not (tmp_path / ".out.npy.parts").exists()
