@@ -106,9 +106,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
         samples = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
         return _grey(((samples * 255 + 32767) // 65535).astype(np.uint8))
     if mode == "F":
-        samples = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        scale = 255.0 if samples.size and samples.max() <= 1.0 else 1.0
-        return _grey(np.clip(np.round(samples * scale), 0, 255).astype(np.uint8))
+        samples = np.asarray(image, dtype=np.float64)
+        finite = samples[np.isfinite(samples)]
+        scale = 255.0 if finite.size == 0 or finite.max() <= 1.0 else 1.0
+        samples = np.nan_to_num(samples * scale, nan=0.0, posinf=255.0, neginf=0.0)
+        return _grey(np.clip(np.round(samples), 0, 255).astype(np.uint8))
     if mode in _ALPHA_MODES or "transparency" in image.info:
         background = Image.new("RGBA", image.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
@@ -116,7 +118,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _grey(levels: np.ndarray) -> Image.Image:
-    return Image.fromarray(levels, "L").convert("RGB")
+    return Image.fromarray(levels).convert("RGB")  # uint8 [H, W]: mode L
 
 
 def _opened(item: Any, label: str) -> BinaryIO:

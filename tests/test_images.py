@@ -72,9 +72,9 @@ def mode_cases():
     yield "F", Image.fromarray(grey.astype(np.float32) / 255), as_rgb(grey), "TIFF"
     yield "F 0..255", Image.fromarray(grey.astype(np.float32)), as_rgb(grey), "TIFF"
     yield "L", Image.fromarray(grey), as_rgb(grey), "PNG"
-    yield "LA", Image.fromarray(np.stack([grey, alpha], -1), "LA"), over_background(as_rgb(grey), alpha), "PNG"
+    yield "LA", Image.fromarray(np.stack([grey, alpha], -1)), over_background(as_rgb(grey), alpha), "PNG"
     yield "P+transparency", palette, over_background(palette_rgb, palette_alpha), "PNG"
-    yield "RGBA", Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), over_background(rgb, alpha), "PNG"
+    yield "RGBA", Image.fromarray(np.dstack([rgb, alpha])), over_background(rgb, alpha), "PNG"
     yield "CMYK", Image.fromarray(rgb).convert("CMYK"), rgb, "TIFF"
     yield "1", Image.fromarray(bilevel).convert("1"), as_rgb(np.where(bilevel, 255, 0).astype(np.uint8)), "PNG"
 
@@ -104,6 +104,8 @@ def test_sixteen_bit_png_is_not_saturated():
 def test_float_images_clip_out_of_range_values_and_nan():
     values = np.array([[np.nan, -3.0, 0.5, 300.0]], dtype=np.float32)
     assert np.asarray(to_rgb(Image.fromarray(values)))[0, :, 0].tolist() == [0, 0, 0, 255]
+    with_infinity = np.array([[0.0, 0.5, np.inf, -np.inf]], dtype=np.float32)  # still a [0, 1] image
+    assert np.asarray(to_rgb(Image.fromarray(with_infinity)))[0, :, 0].tolist() == [0, 128, 255, 0]
     unit = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
     assert np.asarray(to_rgb(Image.fromarray(unit)))[0, :, 0].tolist() == [0, 128, 255]
 
