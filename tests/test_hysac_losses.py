@@ -140,7 +140,7 @@ def test_loss_decreases_on_a_synthetic_problem():
                     text_tower(inputs["text_unsafe"]), image_tower(inputs["image_unsafe"]))
 
     first, first_terms = loss_now()
-    for _ in range(40):
+    for _ in range(25):
         total, _ = loss_now()
         optimizer.zero_grad()
         total.backward()

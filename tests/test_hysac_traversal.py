@@ -136,7 +136,7 @@ def test_calibration_curves():
     safe, unsafe = rng.normal(0.5, 0.1, 2000), rng.normal(0.7, 0.1, 2000)
     report = calibrate(safe, unsafe, max_curve_points=50)
     roc, curve = report["roc"], report["accuracy_curve"]
-    assert len(roc["fpr"]) <= 51 and len(roc["fpr"]) == len(roc["tpr"]) == len(roc["threshold"])
+    assert len(roc["fpr"]) <= 50 and len(roc["fpr"]) == len(roc["tpr"]) == len(roc["threshold"])
     assert (roc["fpr"][0], roc["tpr"][0]) == (0.0, 0.0) and (roc["fpr"][-1], roc["tpr"][-1]) == (1.0, 1.0)
     assert np.all(np.diff(roc["fpr"]) >= 0) and np.all(np.diff(roc["tpr"]) >= 0)
     assert np.all(np.diff(roc["threshold"]) < 0)
