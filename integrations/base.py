@@ -142,8 +142,9 @@ class VectorStore(ABC):
 
     @abstractmethod
     def query(self, collection: str, vector: np.ndarray, *, using: str = DEFAULT_VECTOR, limit: int = 10,
-              payload_range: Range | None = None) -> list[Hit]:
-        """The ``limit`` nearest points to ``vector`` under the vector's distance."""
+              payload_range: Range | Sequence[Range] | None = None) -> list[Hit]:
+        """The ``limit`` nearest points to ``vector`` under the vector's distance, among the points
+        whose payload satisfies every given range."""
 
     # --- job state, kept in the database itself so any machine can resume ---
 

@@ -237,7 +237,12 @@ class QdrantStore(VectorStore):
         return [_point(record) for record in records]
 
     def upsert(self, collection: str, points: Sequence[Point]) -> None:
-        structs = [models.PointStruct(id=p.id, vector=_vector_struct(p.vectors), payload=p.payload) for p in points]
+        # Qdrant takes a bare list for a collection with only the unnamed vector, and a dict when it
+        # also has named ones (a side-by-side collection): only points with just "" are ambiguous.
+        only_unnamed = any(set(p.vectors) == {DEFAULT_VECTOR} for p in points)
+        named = only_unnamed and set(self.vector_specs(collection)) != {DEFAULT_VECTOR}
+        structs = [models.PointStruct(id=p.id, vector=_vector_struct(p.vectors, named=named), payload=p.payload)
+                   for p in points]
         if structs:
             self._call("upsert", collection, lambda: self._client.upsert(collection, points=structs, wait=True))
 
@@ -248,7 +253,7 @@ class QdrantStore(VectorStore):
                 collection, points_selector=models.PointIdsList(points=ids), wait=True))
 
     def query(self, collection: str, vector: np.ndarray, *, using: str = DEFAULT_VECTOR, limit: int = 10,
-              payload_range: Range | None = None) -> list[Hit]:
+              payload_range: Range | Sequence[Range] | None = None) -> list[Hit]:
         distance = self._distance(collection, using)
         query = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
         response = self._call("query", collection, lambda: self._client.query_points(
@@ -401,9 +406,9 @@ def _vector_selector(with_vectors: bool | Sequence[str]) -> bool | list[str]:
     return with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
 
 
-def _vector_struct(vectors: dict[str, np.ndarray]) -> list[float] | dict[str, list[float]]:
+def _vector_struct(vectors: dict[str, np.ndarray], *, named: bool = False) -> list[float] | dict[str, list[float]]:
     as_lists = {name: np.asarray(v, dtype=np.float32).reshape(-1).tolist() for name, v in vectors.items()}
-    if set(as_lists) == {DEFAULT_VECTOR}:
+    if set(as_lists) == {DEFAULT_VECTOR} and not named:
         return as_lists[DEFAULT_VECTOR]
     return as_lists
 
@@ -419,11 +424,12 @@ def _point(record) -> Point:
     return Point(record.id, record.payload or {}, vectors)
 
 
-def _range_filter(payload_range: Range | None) -> models.Filter | None:
+def _range_filter(payload_range: Range | Sequence[Range] | None) -> models.Filter | None:
     if payload_range is None:
         return None
-    return models.Filter(must=[models.FieldCondition(
-        key=payload_range.field, range=models.Range(gte=payload_range.gte, lt=payload_range.lt))])
+    ranges = [payload_range] if isinstance(payload_range, Range) else list(payload_range)
+    return models.Filter(must=[models.FieldCondition(key=r.field, range=models.Range(gte=r.gte, lt=r.lt))
+                               for r in ranges])
 
 
 def _vector_label(name: str) -> str:

@@ -104,6 +104,14 @@ def test_unnamed_vector_beside_named_ones(store, name):
     assert [hit.id for hit in store.query(name, np.array([0.0, 1.0]), using="safe")] == [7]
 
 
+def test_point_with_only_the_unnamed_vector_in_a_collection_with_named_ones(store, name):
+    # what an application writes through the alias after a side-by-side reindex: no safe vector yet
+    store.create_collection(name, {DEFAULT_VECTOR: VectorSpec(3, "dot"), "safe": VectorSpec(2, "cosine")})
+    store.upsert(name, [Point(8, {"a": 1}, {DEFAULT_VECTOR: np.array([0.0, 1.0, 0.0])})])
+    [point] = store.retrieve(name, [8], with_vectors=True)
+    assert set(point.vectors) == {DEFAULT_VECTOR} and point.payload == {"a": 1}
+
+
 def test_create_like_copies_vector_options_and_runs_the_settings_copy(store, name):
     quantized = {"on_disk": True, "quantization_config": {"scalar": {"type": "int8", "always_ram": True}},
                  "hnsw_config": {"m": 32}}
@@ -263,6 +271,9 @@ def test_query_finds_the_nearest_and_filters_on_a_range(store, name):
     window = store.query(name, target.vectors["image"], using="image", limit=20,
                          payload_range=Range("score", gte=0.05, lt=0.08))
     assert sorted(h.id for h in window) == [5, 6, 7]
+    both = store.query(name, target.vectors["image"], using="image", limit=20,
+                       payload_range=[Range("score", gte=0.05), Range("score", lt=0.08)])
+    assert sorted(h.id for h in both) == [5, 6, 7]
 
 
 def test_nested_payload_range(store, name):
