@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ from safeclip_sdk.methods.hysac.traversal import (DistanceStats, SafetyTraversal
 
 
 def _points_at(distances: torch.Tensor, dim: int, curv: float, seed: int = 0) -> torch.Tensor:
-    direction = torch.nn.functional.normalize(torch.randn(len(distances), dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.nn.functional.normalize(torch.randn(len(distances), dim, generator=generator), dim=-1)
     return L.exp_map0(distances[:, None] * direction, curv)
 
 

@@ -45,7 +45,9 @@ def _synthetic(num_safe: int = 60, num_unsafe: int = 45, dim: int = 24, seed: in
 def _brute_force(unsafe, safe, embed):
     queries = np.asarray(embed(unsafe), dtype=np.float64)
     pool = np.asarray(embed(safe), dtype=np.float64)
-    cos = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (pool / np.linalg.norm(pool, axis=1, keepdims=True)).T
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    cos = queries @ pool.T
     return cos.argmax(axis=1), cos.max(axis=1)
 
 
@@ -276,7 +278,8 @@ def test_each_loss_term_by_hand():
     assert total.item() == pytest.approx(sum(expected.values()) / 8, abs=1e-6)
     # the preservation contrastive terms are Safe-CLIP's
     batch = _hand_batch()
-    torch.testing.assert_close(terms["text_safe_contrastive"], contrastive_loss(batch.text_safe, batch.ref_image_safe, 0.5))
+    torch.testing.assert_close(terms["text_safe_contrastive"],
+                               contrastive_loss(batch.text_safe, batch.ref_image_safe, 0.5))
 
 
 def test_text_only_batches_keep_text_proximity_and_preservation():
@@ -297,7 +300,7 @@ def test_weights_normalisation_and_gradients_only_reach_the_trained_encoders():
     assert total.item() == pytest.approx(expected.item(), abs=1e-6)
     total.backward()
     assert batch.text_unsafe.grad is not None and batch.image_unsafe.grad is not None
-    assert batch.ref_text_target.grad is None and batch.ref_image_unsafe.grad is None and batch.ref_text_safe.grad is None
+    assert all(getattr(batch, name).grad is None for name in ("ref_text_target", "ref_image_unsafe", "ref_text_safe"))
 
 
 def test_loss_rejects_bad_settings_in_one_line():
