@@ -116,7 +116,9 @@ def nearest_safe_captions(unsafe_captions: Sequence[str], safe_captions: Sequenc
                   disable=not progress) as bar:
             for chunk, begin in enumerate(range(0, len(unsafe_captions), chunk_size)):
                 end = min(begin + chunk_size, len(unsafe_captions))
-                done = partial.load(f"targets-{chunk:05d}", end - begin) if partial else None
+                done = partial.load(f"targets-{chunk:05d}", end - begin, 2) if partial is not None else None
+                if done is not None and not np.all((done[:, 0] >= 0) & (done[:, 0] < len(safe_captions))):
+                    done = None
                 if done is None:
                     for start in range(begin, end, batch_size):
                         batch = unsafe_captions[start:min(start + batch_size, end)]
@@ -125,7 +127,7 @@ def nearest_safe_captions(unsafe_captions: Sequence[str], safe_captions: Sequenc
                         indices[start:start + len(batch)] = where.cpu().numpy()
                         similarities[start:start + len(batch)] = best.cpu().numpy()
                         bar.update(len(batch))
-                    if partial:
+                    if partial is not None:
                         partial.save(f"targets-{chunk:05d}", np.stack(
                             [indices[begin:end].astype(np.float64), similarities[begin:end]], axis=1))
                 else:
@@ -133,7 +135,7 @@ def nearest_safe_captions(unsafe_captions: Sequence[str], safe_captions: Sequenc
                     similarities[begin:end] = done[:, 1]
                     bar.update(end - begin)
     targets = ProximityTargets(indices=indices, similarities=similarities)
-    if partial:
+    if partial is not None:
         _write_cache(Path(cache_dir), key, targets, len(safe_captions))
         partial.remove()
     return targets
@@ -188,7 +190,7 @@ def _embed_pool(texts: list[str], embed_texts: EmbedTexts, batch_size: int, chun
         for chunk, begin in enumerate(range(0, len(texts), chunk_size)):
             end = min(begin + chunk_size, len(texts))
             dim = chunks[0].shape[1] if chunks else None
-            done = partial.load(f"pool-{chunk:05d}", end - begin, dim) if partial else None
+            done = partial.load(f"pool-{chunk:05d}", end - begin, dim) if partial is not None else None
             if done is not None:
                 chunks.append(torch.from_numpy(done))
                 bar.update(end - begin)
@@ -200,7 +202,7 @@ def _embed_pool(texts: list[str], embed_texts: EmbedTexts, batch_size: int, chun
                 dim, fresh_device = parts[-1].shape[1], parts[-1].device
                 bar.update(len(batch))
             chunks.append(torch.cat(parts))
-            if partial:
+            if partial is not None:
                 partial.save(f"pool-{chunk:05d}", chunks[-1].cpu().numpy())
     device = fresh_device or torch.device("cpu")
     return torch.cat([chunk.to(device) for chunk in chunks])
