@@ -5,7 +5,10 @@ What it guarantees (each one is a test in tests/test_trainer.py):
   give the gradient of one batch of their combined size (one extra forward per micro-batch;
   under DDP, only the last backward syncs);
 - checkpoints every ``checkpoint_every`` steps are written atomically, and ``resume`` continues
-  with the same data order, optimizer and random state, ending with the same weights;
+  with the same data order, optimizer and random state, ending with bitwise the same weights;
+  a damaged or missing latest checkpoint falls back to the newest one that loads;
+- the learning rate warms up over ``warmup_steps``, then follows ``lr_schedule`` (cosine decay
+  to 0 at the last step, or constant);
 - under torchrun, features are gathered across ranks, so a step equals a single-process step
   on the same global batch; validation metrics are all-reduced, so every rank takes the same
   early-stopping decision (no rank waits forever for another);
@@ -216,8 +219,8 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def step_loss(self, encoder: Callable, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The objective's loss on one (global) micro-batch."""
+    def _micro_batch_loss(self, encoder: Callable, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective's loss on one micro-batch (gathered across ranks)."""
         with torch.no_grad():
             fixed = self._gathered(self.objective.fixed_features(batch))
         with self._autocast():
@@ -236,21 +239,18 @@ class Trainer:
         """
         self.model.train()
         batches = [self._to_device(batch) for batch in micro_batches]
-        with torch.no_grad():
-            fixed = [self._gathered(self.objective.fixed_features(batch)) for batch in batches]
         if len(batches) == 1:
-            with self._autocast():
-                features = self._gathered(self.objective.embed(self.model, batches[0]))
-                loss, terms = self.objective.loss({**features, **fixed[0]})
+            loss, terms = self._micro_batch_loss(self.model, batches[0])
             self.scaler.scale(loss).backward()
             return _floats(loss, terms)
 
         rng_states, cached = [], []
-        with torch.no_grad(), self._autocast():
-            for batch in batches:
-                rng_states.append(self._rng_state())
-                cached.append(self._gathered(self.objective.embed(self.encoder, batch)))
-        step_fixed = _concatenated(fixed)
+        with torch.no_grad():
+            step_fixed = _concatenated([self._gathered(self.objective.fixed_features(batch)) for batch in batches])
+            with self._autocast():
+                for batch in batches:
+                    rng_states.append(self._rng_state())
+                    cached.append(self._gathered(self.objective.embed(self.encoder, batch)))
         for index, batch in enumerate(batches):
             self._set_rng_state(rng_states[index])
             is_last = index == len(batches) - 1
@@ -289,7 +289,7 @@ class Trainer:
         # so the collective calls inside the objective stay matched
         loader = self._loader(self.val_dataset, epoch=0, shuffle=False)
         for batch in loader:
-            loss, terms = self.step_loss(self.encoder, self._to_device(batch))
+            loss, terms = self._micro_batch_loss(self.encoder, self._to_device(batch))
             for name, value in {"loss": loss, **terms}.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
             batches += 1
