@@ -157,5 +157,10 @@ class VectorStore(ABC):
     @abstractmethod
     def delete_state(self, key: str) -> None: ...
 
+    def finish_load(self, collection: str) -> None:
+        """Called once a bulk load into ``collection`` is complete, before it is verified and
+        served: build what a store defers while loading (an HNSW index after the bulk insert).
+        Qdrant indexes as it goes, so by default there is nothing to do."""
+
     def close(self) -> None:
         """Release connections or the local storage lock."""
