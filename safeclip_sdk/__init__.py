@@ -4,6 +4,7 @@
 >>> result = safeclip_sdk.train("cfg.yaml", lr=1e-4)                       # doctest: +SKIP
 >>> report = safeclip_sdk.evaluate({"safe": result.model_dir}, "test.jsonl")  # doctest: +SKIP
 >>> encoder = safeclip_sdk.Encoder.load("onnx-dir", backend="onnx")          # doctest: +SKIP
+>>> hits = safeclip_sdk.search("./qdrant", "photos", "a man with a knife", model="onnx-dir")  # doctest: +SKIP
 """
 
 from importlib import import_module
@@ -18,6 +19,7 @@ _LAZY = {
     "train": "training", "TrainConfig": "config", "load_config": "config",
     "evaluate": "evaluation", "Encoder": "encoder", "embed": "embed", "load_image": "images",
     "export_onnx": "export.onnx", "export_hf": "export.hf", "run_demo": "demo",
+    "compare_deployments": "deployment", "search": "search", "SafeSearch": "search",
 }
 
 
