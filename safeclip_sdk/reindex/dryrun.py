@@ -29,6 +29,7 @@ def dry_run_plan(store: VectorStore, alias: str, encoder, reader, settings: dict
     sampled, failed, embed_seconds, read_seconds = 0, 0, 0.0, 0.0
     found = {option: 0 for option in ("image_field", "text_field") if settings[option]}
     examples: list[dict[str, Any]] = []
+    unreadable: list[dict[str, Any]] = []
     start = None
     for _ in range(SAMPLE_BATCHES):
         began = time.perf_counter()
@@ -39,6 +40,7 @@ def dry_run_plan(store: VectorStore, alias: str, encoder, reader, settings: dict
         embed_seconds += time.perf_counter() - began
         sampled += len(points)
         failed += len(built.failures)
+        unreadable += [{"id": point.id, "reason": reason} for point, reason in built.failures][:3 - len(unreadable)]
         for point in points:
             for option in found:
                 found[option] += has_field(point.payload, settings[option])
@@ -58,7 +60,7 @@ def dry_run_plan(store: VectorStore, alias: str, encoder, reader, settings: dict
                            for name, spec in plan.target_specs.items()},
         "score_field": plan.score_field, "on_error": plan.on_error, "batch_size": batch_size,
         "sample": {"points": sampled, "fields_found": {settings[o]: n for o, n in found.items()},
-                   "unreadable": failed, "examples": examples},
+                   "unreadable": failed, "examples": examples, "unreadable_examples": unreadable},
         "estimated_seconds": round(per_point * count, 2),
         "unfinished_job": None if unfinished is None else {"phase": unfinished["phase"],
                                                            "target": unfinished["plan"]["target"]},

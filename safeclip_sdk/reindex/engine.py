@@ -178,7 +178,7 @@ class Job:
         counters = self.job["counters"]
         counters["carried_after_switch"] += result.carried
         counters["completed_after_switch"] += result.completed
-        self.job["after_switch"] = result.to_dict()
+        self.job["after_switch"] = result.after_switch_dict()
         self.save()
 
     def _write_index_info(self) -> None:

@@ -32,6 +32,7 @@ from .plan import ERROR_FIELD, FULL, Plan, id_order
 from .state import failure_key
 
 SCAN_PAGE = 512
+PASS_COUNTS = ("compared", "missing", "changed", "extra", "expected_absent", "new_count")
 
 
 def payload_hash(payload: dict[str, Any], reserved: tuple[str, ...]) -> int:
@@ -90,9 +91,12 @@ class PassResult:
         return self.missing + self.changed + self.extra
 
     def to_dict(self) -> dict[str, Any]:
+        """The counts of a pass before the switch."""
         values = asdict(self)
-        values.pop("sample")
-        return values
+        return {key: values[key] for key in PASS_COUNTS}
+
+    def after_switch_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in ("carried", "kept_new", "completed")}
 
 
 class _Repairs:

@@ -4,7 +4,8 @@ Counts, ids and payloads are checked by the reconciliation pass just before (eve
 every payload hash equal after its repairs). Here a uniform sample of points is read from both
 collections: re-embedded vectors must match a fresh embedding of the point's source (cosine at
 least ``MIN_COSINE``), carried-over vectors and the vectors of points that kept their old ones
-(``--on-error keep``) must equal the old collection's (up to float32 rounding).
+(``--on-error keep``) must equal the old collection's (up to float32 rounding, and
+to scale under cosine distance, which Qdrant normalises).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from .plan import ERROR_FIELD, Plan, ReindexError, show_vector
 from .reconcile import payload_hash
 
 MIN_COSINE = 0.999
-# Qdrant normalises vectors under cosine distance when it stores them: copying a stored vector
-# normalises it again, which may move a component by a float32 rounding step
+# Qdrant normalises vectors under cosine distance when it stores them (local mode only in memory,
+# not in its files), so a copied vector may come back scaled, or one float32 rounding step off
 CARRIED_TOLERANCE = 1e-6
 
 
@@ -69,8 +70,7 @@ def verify_sample(store: VectorStore, plan: Plan, builder: PointBuilder, ids: Se
                     raise ReindexError(f"{where}: {show_vector(name)} has cosine {cosine:.4f} to a fresh embedding "
                                        f"of its source (at least {MIN_COSINE} expected)")
             elif name in old.vectors:
-                if vector.shape != old.vectors[name].shape or \
-                        np.max(np.abs(vector - old.vectors[name])) > CARRIED_TOLERANCE:
+                if not _same_vector(vector, old.vectors[name], plan.target_specs[name].distance):
                     raise ReindexError(f"{where}: carried-over {show_vector(name)} differs from the old collection's")
                 result.exact_vectors += 1
         missing = [name for name in old.vectors if name not in new.vectors]
@@ -78,6 +78,14 @@ def verify_sample(store: VectorStore, plan: Plan, builder: PointBuilder, ids: Se
             raise ReindexError(f"{where}: {show_vector(missing[0])} of the old collection is missing")
     result.min_cosine = round(min(cosines), 6) if cosines else None
     return result
+
+
+def _same_vector(new: np.ndarray, old: np.ndarray, distance: str) -> bool:
+    if new.shape != old.shape:
+        return False
+    if distance == "cosine":
+        new, old = (v / max(float(np.linalg.norm(v)), 1e-12) for v in (new, old))
+    return float(np.max(np.abs(new - old), initial=0.0)) <= CARRIED_TOLERANCE
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
