@@ -11,7 +11,8 @@ OPTION_KEYS = {
     "base_model": "base_model", "pretrained": "pretrained", "train_data": "data.train",
     "val_data": "data.val", "image_root": "data.image_root", "unsafe_image_root": "data.unsafe_image_root",
     "output_dir": "output_dir", "epochs": "epochs", "max_steps": "max_steps", "batch_size": "batch_size",
-    "grad_accum_steps": "grad_accum_steps", "lr": "lr", "lora_rank": "lora.rank", "towers": "lora.towers",
+    "grad_accum_steps": "grad_accum_steps", "lr": "lr", "lr_schedule": "lr_schedule", "warmup_steps": "warmup_steps",
+    "lora_rank": "lora.rank", "towers": "lora.towers",
     "precision": "precision", "device": "device", "seed": "seed", "checkpoint_every": "checkpoint_every",
     "num_workers": "data.num_workers",
 }
@@ -30,8 +31,10 @@ OPTION_KEYS = {
 @click.option("--epochs", type=int)
 @click.option("--max-steps", type=int)
 @click.option("--batch-size", type=int, help="Global batch per optimizer step (all GPUs, all micro-batches).")
-@click.option("--grad-accum-steps", type=int)
+@click.option("--grad-accum-steps", type=int, help="Micro-batches per optimizer step (exact: same gradient as one batch).")
 @click.option("--lr", type=float)
+@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), help="After warm-up: cosine decay to 0, or constant.")
+@click.option("--warmup-steps", type=int, help="Optimizer steps of linear learning-rate warm-up.")
 @click.option("--lora-rank", type=int)
 @click.option("--towers", type=click.Choice(["both", "text"]), help="Which encoders get LoRA adapters.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
