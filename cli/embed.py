@@ -29,7 +29,8 @@ def command(model: str, input_path: str, output: str, backend: str, precision: s
     INPUT is a folder of images (recursive; ids are relative paths), a text file (one text per
     line; ids are line numbers) or a .jsonl file of {"id", "text"} objects. An interrupted run
     continues where it stopped when started again. Items that cannot be embedded are listed in
-    OUTPUT.failures.json.
+    OUTPUT.failures.json; when every item fails, the command exits with an error and OUTPUT is
+    left as it was.
     """
     report = embed(model, input_path, output, kind=kind, backend=backend, precision=precision,
                    batch_size=batch_size, device=device, resume=not no_resume, chunk_size=chunk_size)
