@@ -98,12 +98,22 @@ def _stop_after(step):
 RESUME_CONFIG = dict(batch_size=4, epochs=2, checkpoint_every=2, log_every=1)
 
 
-def _interrupted_run(run_dir, data, step):
+@pytest.fixture(scope="module")
+def _interrupted_once(tmp_path_factory):
+    """A run stopped by a crash at step 5 of 8: checkpoints at steps 2 and 4, its log up to 5."""
+    run_dir = tmp_path_factory.mktemp("interrupted") / "run"
     encoder, objective = make_encoder_and_objective(lora_dropout=0.1)
-    first = Trainer(encoder, objective, data, trainer_config(run_dir, **RESUME_CONFIG), run_dir,
-                    callbacks=[_stop_after(step)])
+    first = Trainer(encoder, objective, SyntheticQuadruplets(16), trainer_config(run_dir, **RESUME_CONFIG), run_dir,
+                    callbacks=[_stop_after(5)])
     with pytest.raises(_Interrupt):
         first.fit()
+    return run_dir
+
+
+@pytest.fixture
+def interrupted_run(_interrupted_once, tmp_path):
+    """A copy of the interrupted run folder that a test may resume or damage."""
+    return Path(shutil.copytree(_interrupted_once, tmp_path / "interrupted"))
 
 
 def _fresh_trainer(run_dir, data):
@@ -121,7 +131,7 @@ def _logged_steps(run_dir):
     return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
 
 
-def test_interrupted_then_resumed_run_ends_with_bitwise_the_same_weights(tmp_path):
+def test_interrupted_then_resumed_run_ends_with_bitwise_the_same_weights(tmp_path, interrupted_run):
     # dropout on: the resumed run must also restore the random state to draw the same masks
     data = SyntheticQuadruplets(16)
     encoder, objective = make_encoder_and_objective(lora_dropout=0.1)
@@ -130,8 +140,8 @@ def test_interrupted_then_resumed_run_ends_with_bitwise_the_same_weights(tmp_pat
     straight.fit()
     assert straight.progress.step == 8
 
-    run_dir = tmp_path / "interrupted"
-    _interrupted_run(run_dir, data, step=5)
+    run_dir = interrupted_run
+    assert [record["step"] for record in _logged_steps(run_dir)] == [1, 2, 3, 4, 5]
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000004"
     assert not list((run_dir / "checkpoints").glob(".tmp*"))
 
@@ -168,10 +178,8 @@ def test_training_leaves_the_frozen_weights_bitwise_unchanged(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
-def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog, damage):
-    data = SyntheticQuadruplets(16)
-    run_dir = tmp_path / "run"
-    _interrupted_run(run_dir, data, step=5)
+def test_resume_falls_back_to_the_newest_intact_checkpoint(interrupted_run, caplog, damage):
+    data, run_dir = SyntheticQuadruplets(16), interrupted_run
     newest = run_dir / "checkpoints" / "step-00000004"
     if damage == "deleted":
         shutil.rmtree(newest)
@@ -185,17 +193,17 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog, dam
     assert "step-00000004" in caplog.text and "resuming from the older step-00000002" in caplog.text
 
 
-def test_resume_refuses_when_no_checkpoint_loads(tmp_path):
-    data = SyntheticQuadruplets(16)
-    run_dir = tmp_path / "run"
-    _interrupted_run(run_dir, data, step=3)
-    (run_dir / "checkpoints" / "step-00000002" / "state.json").write_text("{not json")
+def test_resume_refuses_when_no_checkpoint_loads(interrupted_run):
+    data, checkpoints = SyntheticQuadruplets(16), interrupted_run / "checkpoints"
+    for step in (2, 4):
+        (checkpoints / f"step-0000000{step}" / "state.json").write_text("{not json")
     with pytest.raises(SafeclipError, match="no checkpoint in .* can be resumed .*step-00000002: unreadable"):
-        _fresh_trainer(run_dir, data).resume()
+        _fresh_trainer(interrupted_run, data).resume()
     # `latest` left pointing at nothing: an error too, not a silent start from step 0
-    shutil.rmtree(run_dir / "checkpoints" / "step-00000002")
-    with pytest.raises(SafeclipError, match="can be resumed .*step-00000002: checkpoint is missing"):
-        _fresh_trainer(run_dir, data).resume()
+    for step in (2, 4):
+        shutil.rmtree(checkpoints / f"step-0000000{step}")
+    with pytest.raises(SafeclipError, match="can be resumed .*step-00000004: checkpoint is missing"):
+        _fresh_trainer(interrupted_run, data).resume()
 
 
 def _applied_rates(trainer):
