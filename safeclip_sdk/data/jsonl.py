@@ -26,13 +26,13 @@ def read_jsonl(path: Path, *, image_root: Path | None = None,
     unsafe_image_root = Path(unsafe_image_root) if unsafe_image_root is not None else image_root
     rows: list[Quadruplet | BadRow] = []
     for source, line in read_text_lines(path):
-        try:
-            if isinstance(line, RowError):
-                raise line
-            if line.strip():
+        if isinstance(line, RowError):  # not UTF-8
+            rows.append(BadRow(source, str(line)))
+        elif line.strip():
+            try:
                 rows.append(_parse_line(line, source, image_root, unsafe_image_root))
-        except RowError as error:
-            rows.append(BadRow(source, str(error)))
+            except RowError as error:
+                rows.append(BadRow(source, str(error)))
     return rows
 
 
