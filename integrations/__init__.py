@@ -2,7 +2,9 @@
 
 ``open_store(target)`` is the one entry point: a folder or ``":memory:"`` opens qdrant-client's
 embedded local mode, an ``http(s)://host:6333`` URL a Qdrant server (API key from the environment
-variable ``QDRANT_API_KEY``). Both return a :class:`~.base.VectorStore`.
+variable ``QDRANT_API_KEY``), a ``postgresql://user@host:5432/db`` URL a PostgreSQL database with
+pgvector (password from ``PGPASSWORD``, ``~/.pgpass`` or ``SAFECLIP_PG_DSN``). All return a
+:class:`~.base.VectorStore`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def open_store(target: str | os.PathLike | VectorStore, *, timeout: float = 10.0
     Args:
         target: a local folder or ``":memory:"`` (qdrant-client local mode; one process per
             folder), or a Qdrant server URL such as ``https://host:6333``; an already open
-            store is returned as it is.
+            store is returned as it is; ``postgresql://`` (or ``postgres://``) URLs open
+            PostgreSQL with pgvector.
         timeout: seconds a server request may take (rounded up to whole seconds).
         retries: how many times a call that failed transiently (connection error, timeout,
             HTTP 429 or 5xx) is tried again, with exponential backoff and full jitter.
@@ -33,7 +36,11 @@ def open_store(target: str | os.PathLike | VectorStore, *, timeout: float = 10.0
     """
     if isinstance(target, VectorStore):
         return target
+    policy = RetryPolicy(attempts=retries + 1, base_delay=retry_base_delay, max_delay=retry_max_delay)
+    if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
+        from .pgvector import PgVectorStore
+
+        return PgVectorStore.open(target, timeout=timeout, retry=policy)
     from .qdrant import QdrantStore
 
-    policy = RetryPolicy(attempts=retries + 1, base_delay=retry_base_delay, max_delay=retry_max_delay)
     return QdrantStore.open(target, timeout=timeout, retry=policy)

@@ -26,3 +26,6 @@ def tiny_model_dir(tmp_path_factory):
     save_model_dir(out, loaded.model, loaded.model_cfg, loaded.preprocess_cfg,
                    metadata={"method": "base", "base_model": "safeclip-tiny"})
     return out
+
+
+from tests.conftest_pg import pg_dsn, pg_server  # noqa: E402,F401 - the PostgreSQL fixtures

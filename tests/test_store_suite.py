@@ -1,5 +1,7 @@
-"""The VectorStore contract, run against real Qdrant: local path mode, ``:memory:`` and, when
-``QDRANT_URL`` is set, a server (qdrant-client's own practice; no server runs on CI machines)."""
+"""The VectorStore contract, run against every store safeclip serves: Qdrant in local path mode,
+``:memory:`` and, when ``QDRANT_URL`` is set, a server (qdrant-client's own practice; no server runs
+on CI machines), and PostgreSQL with pgvector (a real server the tests start, see
+tests/conftest_pg.py). Tests that take ``qdrant_store`` check what only Qdrant has."""
 
 from __future__ import annotations
 
@@ -26,18 +28,29 @@ from safeclip_sdk.integrations.retry import RetryPolicy
 from tests.faulty_store import FaultyStore
 
 SERVER_URL = os.environ.get("QDRANT_URL")
+QDRANT_KINDS = ["path", "memory", "server"]
+#: per store, vector options it keeps and reports back
+KEPT_OPTIONS = {"qdrant": {"on_disk": True}, "pgvector": {"hnsw_config": {"m": 24}}}
 
 
-@pytest.fixture(params=["path", "memory", "server"])
-def store(request, tmp_path):
-    if request.param == "path":
-        opened = open_store(tmp_path / "db")
-    elif request.param == "memory":
-        opened = open_store(":memory:")
-    else:
-        if not SERVER_URL:
-            pytest.skip("QDRANT_URL is not set (no Qdrant server on this machine)")
-        opened = open_store(SERVER_URL, retries=2)
+def _open(kind, request, tmp_path):
+    if kind == "path":
+        return open_store(tmp_path / "db")
+    if kind == "memory":
+        return open_store(":memory:")
+    if kind == "pgvector":
+        return open_store(request.getfixturevalue("pg_dsn"), retries=2, retry_base_delay=0.01)
+    if not SERVER_URL:
+        pytest.skip("QDRANT_URL is not set (no Qdrant server on this machine)")
+    return open_store(SERVER_URL, retries=2)
+
+
+def _backend(store):
+    return "qdrant" if isinstance(store, QdrantStore) else "pgvector"
+
+
+def _opened(request, tmp_path):
+    opened = _open(request.param, request, tmp_path)
     before = set(opened.list_collections())
     yield opened
     if request.param == "server":  # leave the server as we found it
@@ -46,6 +59,16 @@ def store(request, tmp_path):
                 opened.delete_alias(alias)
             opened.drop_collection(name)
     opened.close()
+
+
+@pytest.fixture(params=[*QDRANT_KINDS, "pgvector"])
+def store(request, tmp_path):
+    yield from _opened(request, tmp_path)
+
+
+@pytest.fixture(params=QDRANT_KINDS)
+def qdrant_store(request, tmp_path):
+    yield from _opened(request, tmp_path)
 
 
 def _aliases_of(store, collection):
@@ -72,12 +95,13 @@ def _points(count, *, start=0, dim=4, names=("image",)):
 # --- collections ---
 
 def test_create_list_specs_drop(store, name):
-    store.create_collection(name, {"image": VectorSpec(4, "cosine", {"on_disk": True}), "text": VectorSpec(3, "dot")})
+    kept = KEPT_OPTIONS[_backend(store)]
+    store.create_collection(name, {"image": VectorSpec(4, "cosine", kept), "text": VectorSpec(3, "dot")})
     assert store.collection_exists(name)
     assert name in store.list_collections()
     specs = store.vector_specs(name)
     assert specs == {"image": VectorSpec(4, "cosine"), "text": VectorSpec(3, "dot")}
-    assert specs["image"].options == {"on_disk": True}
+    assert specs["image"].options == kept
     store.drop_collection(name)
     assert not store.collection_exists(name)
     assert name not in store.list_collections()
@@ -112,7 +136,8 @@ def test_point_with_only_the_unnamed_vector_in_a_collection_with_named_ones(stor
     assert set(point.vectors) == {DEFAULT_VECTOR} and point.payload == {"a": 1}
 
 
-def test_create_like_copies_vector_options_and_runs_the_settings_copy(store, name):
+def test_create_like_copies_vector_options_and_runs_the_settings_copy(qdrant_store, name):
+    store = qdrant_store
     quantized = {"on_disk": True, "quantization_config": {"scalar": {"type": "int8", "always_ram": True}},
                  "hnsw_config": {"m": 32}}
     store.create_collection(name, {"image": VectorSpec(4, "cosine", quantized)})
@@ -163,7 +188,8 @@ def test_collection_settings_carry_server_side_config():
     assert client_store.vector_specs("copy") == {"": VectorSpec(4, "cosine")}
 
 
-def test_payload_index_on_a_server_and_nothing_locally(store, name, recwarn):
+def test_payload_index_on_a_server_and_nothing_locally(qdrant_store, name, recwarn):
+    store = qdrant_store
     store.create_collection(name, {"image": VectorSpec(4, "cosine")})
     store.create_payload_index(name, "safeclip_shift", "float")
     schema = store._client.get_collection(name).payload_schema
@@ -348,7 +374,7 @@ def test_state_round_trip(store):
     assert store.read_state(key) == state
     store.write_state(key, {"phase": "verify"})
     assert store.read_state(key) == {"phase": "verify"}
-    assert STATE_COLLECTION not in store.list_collections()
+    assert STATE_COLLECTION not in store.list_collections()  # the same name in every store
     store.delete_state(key)
     store.delete_state(key)
     assert store.read_state(key) is None
@@ -431,8 +457,8 @@ def test_credentials_in_the_url_are_refused(url):
     assert "secret" not in str(caught.value)
 
 
-def test_transient_faults_are_retried(tmp_path, caplog):
-    inner = open_store(tmp_path / "db")
+def test_transient_faults_are_retried(store, caplog):
+    inner = store
     inner.create_collection("c", {"image": VectorSpec(4, "cosine")})
     store = FaultyStore(inner, retry=RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.002))
     store.fail("upsert", lambda: ConnectionError("connection reset by peer"), times=2)
@@ -444,27 +470,27 @@ def test_transient_faults_are_retried(tmp_path, caplog):
     assert len(retries) == 2 and all("connection reset by peer" in m for m in retries)
 
 
-def test_a_fault_that_persists_ends_in_one_line(tmp_path):
-    inner = open_store(tmp_path / "db")
+def test_a_fault_that_persists_ends_in_one_line(store):
+    inner = store
     inner.create_collection("c", {"image": VectorSpec(4, "cosine")})
     store = FaultyStore(inner, retry=RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.001))
     store.fail("scroll", TimeoutError)
     with pytest.raises(StoreError) as caught:
         store.scroll("c")
-    assert str(caught.value) == f"faulty qdrant local {tmp_path / 'db'}: scroll failed after 4 attempts (timed out)"
+    assert str(caught.value) == f"faulty {inner.name}: scroll failed after 4 attempts (timed out)"
     assert store.calls["scroll"] == 4
 
 
-def test_errors_that_are_not_transient_are_not_retried(tmp_path):
-    store = FaultyStore(open_store(tmp_path / "db"), retry=RetryPolicy(attempts=5, base_delay=0))
+def test_errors_that_are_not_transient_are_not_retried(store):
+    store = FaultyStore(store, retry=RetryPolicy(attempts=5, base_delay=0))
     store.fail("count", KeyError("bug"), calls=[1])
     with pytest.raises(KeyError):
         store.count("c")
     assert store.calls["count"] == 1
 
 
-def test_faults_on_chosen_calls_only(tmp_path):
-    store = FaultyStore(open_store(tmp_path / "db"))
+def test_faults_on_chosen_calls_only(store):
+    store = FaultyStore(store)
     store.fail("read_state", StoreError("db: read failed"), calls=[2])
     assert store.read_state("k") is None
     with pytest.raises(StoreError, match="read failed"):
