@@ -102,10 +102,9 @@ class PassResult:
 class _Repairs:
     """Collects points to re-embed and ids to delete, and applies them a batch at a time."""
 
-    def __init__(self, store: VectorStore, plan: Plan, builder: PointBuilder, on_built, guard=None):
+    def __init__(self, store: VectorStore, plan: Plan, builder: PointBuilder, on_built):
         self.store, self.plan, self.builder = store, plan, builder
         self.on_built = on_built
-        self.guard = guard  # post-switch: drops ids whose new point changed meanwhile
         self.upserts: list[Point] = []
         self.deletes: list[PointId] = []
 
@@ -122,8 +121,6 @@ class _Repairs:
     def flush(self) -> None:
         upserts, deletes = self.upserts, self.deletes
         self.upserts, self.deletes = [], []
-        if self.guard is not None:
-            upserts, deletes = self.guard(upserts, deletes)
         if upserts:
             built = self.builder.build(upserts)
             write_points(self.store, self.plan.target, built.points)
@@ -191,52 +188,72 @@ def reconcile_pass(store: VectorStore, plan: Plan, builder: PointBuilder, failur
 
 def final_pass(store: VectorStore, plan: Plan, builder: PointBuilder, failures: dict[str, dict[str, Any]],
                base_keys: np.ndarray, base_hashes: np.ndarray, on_built, *, progress=None) -> PassResult:
-    """The three-way comparison after the switch (see the module docstring)."""
+    """The three-way comparison after the switch (see the module docstring).
+
+    The scan only decides (payloads, no embedding), so the writes follow it closely; each write
+    is preceded by a re-read of the new collection's point, and skipped if the application
+    changed it since the scan.
+    """
     reserved = plan.reserved_fields()
     result = PassResult()
-    skipped = {key for key, failure in failures.items()} if plan.on_error == "skip" else set()
     safe_names = [plan.safe_names[name] for name in plan.kinds] if plan.mode != FULL else []
-
-    def base_of(point_id: PointId) -> int | None:
-        key = np.uint64(id_key(point_id))
-        index = int(np.searchsorted(base_keys, key))
-        return int(base_hashes[index]) if index < len(base_keys) and base_keys[index] == key else None
-
-    def new_base_of(point_id: PointId, base: int | None) -> int | None:
-        failure = failures.get(failure_key(point_id)) if failure_key(point_id) in skipped else None
-        return None if failure is not None and base is not None and failure["hash"] == str(base) else base
-
-    expected: dict[PointId, int | None] = {}
-
-    def guard(upserts: list[Point], deletes: list[PointId]):
-        # the application may have written one of these ids to the new collection since the scan
-        ids = [p.id for p in upserts] + list(deletes)
-        current = {p.id: payload_hash(p.payload, reserved) for p in store.retrieve(plan.target, ids)}
-        still = {i for i in ids if current.get(i) == expected[i]}
-        return [p for p in upserts if p.id in still], [i for i in deletes if i in still]
-
-    carry = _Repairs(store, plan, builder, on_built, guard=guard)
-    complete = _Repairs(store, plan, builder, on_built)
-    for point_id, old, new in merge(scan(store, plan.source, True), scan(store, plan.target, safe_names or False)):
+    carry, delete, complete = [], [], []
+    expected: dict[PointId, int | None] = {}  # the new collection's payload hash at the scan
+    for point_id, old, new in merge(scan(store, plan.source, False), scan(store, plan.target, safe_names or False)):
         if progress is not None:
             progress.update(1)
-        base = base_of(point_id)
-        new_base = new_base_of(point_id, base)
+        base = _lookup(base_keys, base_hashes, point_id)
+        new_base = None if _skipped(plan, failures, point_id, base) else base
         old_hash = None if old is None else payload_hash(old.payload, reserved)
         new_hash = None if new is None else payload_hash(new.payload, reserved)
+        expected[point_id] = new_hash
         if new_hash != new_base:
             result.kept_new += 1
             if new is not None and safe_names and ERROR_FIELD not in new.payload \
                     and not all(name in new.vectors for name in safe_names):
-                result.completed += 1
-                complete.add(new)
+                complete.append(point_id)
         elif old_hash != base:
-            result.carried += 1
-            expected[point_id] = new_hash
-            if old is None:
-                carry.remove(point_id)
-            else:
-                carry.add(old)
-    carry.flush()
-    complete.flush()
+            (delete if old is None else carry).append(point_id)
+
+    def unchanged(ids: list[PointId]) -> set[PointId]:
+        current = {p.id: payload_hash(p.payload, reserved) for p in store.retrieve(plan.target, ids)}
+        return {i for i in ids if current.get(i) == expected[i]}
+
+    for batch in _batches(carry, plan.batch_size):
+        built = builder.build(store.retrieve(plan.source, batch, with_vectors=True))
+        still = unchanged(batch)
+        built.points = [p for p in built.points if p.id in still]
+        write_points(store, plan.target, built.points)
+        on_built(built)
+        result.carried += len(built.points) + built.skipped
+    for batch in _batches(delete, 1024):
+        still = unchanged(batch)
+        store.delete(plan.target, [i for i in batch if i in still])
+        result.carried += len(still)
+    for batch in _batches(complete, plan.batch_size):
+        points = [p for p in store.retrieve(plan.target, batch, with_vectors=True)
+                  if payload_hash(p.payload, reserved) == expected[p.id]]
+        built = builder.build(points)
+        still = unchanged([p.id for p in built.points])
+        built.points = [p for p in built.points if p.id in still]
+        write_points(store, plan.target, built.points)
+        on_built(built)
+        result.completed += len(built.points)
     return result
+
+
+def _lookup(keys: np.ndarray, hashes: np.ndarray, point_id: PointId) -> int | None:
+    key = np.uint64(id_key(point_id))
+    index = int(np.searchsorted(keys, key))
+    return int(hashes[index]) if index < len(keys) and keys[index] == key else None
+
+
+def _skipped(plan: Plan, failures: dict[str, dict[str, Any]], point_id: PointId, base: int | None) -> bool:
+    """Left out of the new collection by ``--on-error skip`` with the payload of the base."""
+    failure = failures.get(failure_key(point_id)) if plan.on_error == "skip" else None
+    return failure is not None and base is not None and failure["hash"] == str(base)
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
