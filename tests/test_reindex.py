@@ -236,3 +236,52 @@ def test_cli_reindex_rollback_cleanup(tmp_path, encoder, tiny_model_dir):
     assert bad.exit_code == 1 and bad.output.strip().count("\n") == 0 and "no collection or alias 'nowhere'" in bad.output
     gone = runner.invoke(cli, ["reindex", "cleanup", "--qdrant", str(db), "--collection", "docs"])
     assert gone.exit_code == 0 and "dropped docs-safeclip-v1" in gone.output
+
+
+def test_side_by_side_keep_leaves_unreadable_points_without_a_safe_vector(store, encoder, tmp_path):
+    root, payloads = _collection_with_bad_sources(store, encoder, tmp_path)
+    old = everything(store, "pics-v0")
+    report = reindex(store, "pics", encoder=encoder, image_field="path", image_root=root, progress=False)
+    new = everything(store, "pics")
+    assert set(new) == set(payloads) and report.kept == 4
+    for point_id in (2, 3, 4, 5):
+        assert "safe" not in new[point_id].vectors and "safeclip_shift" not in new[point_id].payload
+        assert ERROR_FIELD in new[point_id].payload
+        assert np.allclose(new[point_id].vectors[""], old[point_id].vectors[""], atol=1e-6)
+    assert "safe" in new[0].vectors and "safeclip_shift" in new[0].payload
+
+
+def test_an_unfinished_job_resumes_only_with_its_settings(store, encoder):
+    make_text_collection(store, "docs-v0", 60, encoder.space.stored_dim, alias="docs")
+    job = {}
+
+    class Stop(Exception):
+        pass
+
+    original_write = store.write_state
+
+    def stop_after_first_page(key, state):
+        original_write(key, state)
+        if key == "reindex:docs" and state["counters"]["copied"] >= 16:
+            job.update(state)
+            raise Stop
+
+    store.write_state = stop_after_first_page
+    with pytest.raises(Stop):
+        reindex(store, "docs", encoder=encoder, text_field="text", batch_size=16, progress=False)
+    store.write_state = original_write
+    assert job["phase"] == "copy"
+    with pytest.raises(ReindexError, match="unfinished reindex of .docs. .*other settings \\(mode, score_field\\)"):
+        reindex(store, "docs", encoder=encoder, text_field="text", mode="full", progress=False)
+    report = reindex(store, "docs", encoder=encoder, text_field="text", batch_size=16, progress=False)
+    assert report.resumed and report.embedded_this_run <= 60 - 16 + 16 * 3 + 32
+    assert set(everything(store, "docs", False)) == set(range(60))
+
+
+def test_upserts_are_split_to_stay_under_the_request_limit():
+    from safeclip_sdk.reindex.pipeline import request_chunks
+
+    points = [Point(i, {"text": "x" * 1000}, {"": np.zeros(512, dtype=np.float32)}) for i in range(100)]
+    chunks = request_chunks(points, max_bytes=64_000)
+    assert [p.id for chunk in chunks for p in chunk] == list(range(100))
+    assert all(len(chunk) <= 64_000 // (12 * 512 + 1000) + 1 for chunk in chunks) and len(chunks) > 1
