@@ -526,11 +526,15 @@ def _score(distance: str, value: float) -> float:
 
 
 def _parse_dsn(dsn: str) -> dict[str, str]:
+    expected = "expected postgresql://user@host:5432/db"
     try:
-        return conninfo_to_dict(dsn)
+        settings = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
-        raise StoreError("the PostgreSQL connection string cannot be parsed (expected "
-                         "postgresql://user@host:5432/db)") from None
+        raise StoreError(f"the PostgreSQL connection string cannot be parsed ({expected})") from None
+    port = str(settings.get("port") or "")
+    if port and not all(part.isdigit() for part in port.split(",")):
+        raise StoreError(f"the PostgreSQL connection string has port '{port}', not a number ({expected})")
+    return settings
 
 
 def _describe(settings: dict[str, str]) -> str:
