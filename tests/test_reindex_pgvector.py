@@ -1,0 +1,64 @@
+"""The reindex test suite again, on PostgreSQL with pgvector (the real server of tests/conftest_pg.py).
+
+The test functions are imported from the Qdrant-based files and run unchanged; only their
+fixtures are replaced here: ``store`` is a PostgreSQL store on a fresh database, and ``folder``
+is a folder whose ``"db"`` entry is that database's connection string (so ``open_store(folder /
+"db")``, in the test or in the worker process it kills, opens PostgreSQL). The kill test runs its
+worker from the test's temporary folder, so the report the worker writes next to "db" stays there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import tests.test_reindex_resume as resume_tests
+from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.integrations import open_store
+from safeclip_sdk.integrations.pgvector import PgVectorStore
+from tests.test_reindex import (  # noqa: F401 - collected here with this module's fixtures
+    test_an_unfinished_job_resumes_only_with_its_settings, test_complete_point_gives_an_application_point_the_safe_layout,
+    test_dry_run_writes_nothing, test_full_mode_replaces_one_named_vector_and_carries_the_others,
+    test_missing_collection_and_missing_field, test_plain_collection_is_adopted_only_when_asked_and_can_roll_back,
+    test_second_reindex_makes_a_new_version_and_drop_old, test_side_by_side_adds_safe_vectors_and_scores,
+    test_side_by_side_keep_leaves_unreadable_points_without_a_safe_vector,
+    test_unreadable_sources_are_left_out_and_counted_with_skip, test_unreadable_sources_keep_their_old_vectors_with_a_flag,
+    test_vector_size_that_does_not_fit_the_model)
+from tests.test_reindex_live import (  # noqa: F401
+    test_three_way_rule_after_the_switch, test_writer_through_the_whole_reindex_loses_nothing)
+from tests.test_reindex_resume import (  # noqa: F401
+    test_failing_server_stops_with_one_line_and_a_rerun_completes, test_sigkill_at_random_moments_then_finish)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class DatabaseFolder(type(Path())):
+    """A temporary folder in which the entry ``"db"`` is a PostgreSQL connection string."""
+
+    dsn: str
+
+    def __truediv__(self, name):
+        return self.dsn if name == "db" else super().__truediv__(name)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir):
+    return Encoder.load(tiny_model_dir)
+
+
+@pytest.fixture
+def store(pg_dsn):
+    opened = open_store(pg_dsn)
+    assert isinstance(opened, PgVectorStore)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def folder(tmp_path, pg_dsn, monkeypatch):
+    monkeypatch.setattr(resume_tests, "REPO", tmp_path)  # the worker's working folder
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    path = DatabaseFolder(tmp_path)
+    path.dsn = pg_dsn
+    return path
