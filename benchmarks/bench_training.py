@@ -107,11 +107,11 @@ def measure_model(model_name: str, *, batch_size: int, steps: int, warmup: int, 
 
     from safeclip_sdk.config import LoraConfig, TrainConfig
     from safeclip_sdk.lora import DualEncoder, FrozenReference, apply_lora, trainable_parameter_count
-    from safeclip_sdk.losses import SafeClipLoss
+    from safeclip_sdk.methods.safe_clip.losses import SafeClipLoss
     from safeclip_sdk.models import load_model, open_clip_module
     from safeclip_sdk.devices import resolve_device
     from safeclip_sdk.trainer import Trainer
-    from safeclip_sdk.training import SafeClipObjective
+    from safeclip_sdk.methods.safe_clip.method import SafeClipObjective
 
     open_clip_module()  # imported before the baseline, so its import does not count as the model's memory
     torch.set_num_threads(threads)
@@ -128,7 +128,7 @@ def measure_model(model_name: str, *, batch_size: int, steps: int, warmup: int, 
     with tempfile.TemporaryDirectory(prefix="safeclip-bench-") as run_dir:
         config = TrainConfig(base_model=model_name, pretrained=None, output_dir=run_dir, batch_size=batch_size,
                              device=device.type, precision=precision)
-        objective = SafeClipObjective(reference, SafeClipLoss(config.loss), train_image_tower=True)
+        objective = SafeClipObjective(reference, SafeClipLoss(config.method_config), train_image_tower=True)
         # the trainer only needs the dataset's length here: the timed steps take the batch directly
         trainer = Trainer(DualEncoder(peft_model), objective, [batch] * batch_size, config, run_dir, device=device)
         batch = {key: tensor.to(device) for key, tensor in batch.items()}  # the copy is data loading, not the step

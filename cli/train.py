@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from safeclip_sdk.config import parse_override
+from safeclip_sdk.methods import available_methods
 
 # CLI option -> config key; every option left unset keeps the YAML file's (or default) value.
 OPTION_KEYS = {
-    "base_model": "base_model", "pretrained": "pretrained", "train_data": "data.train",
+    "method": "method", "base_model": "base_model", "pretrained": "pretrained", "train_data": "data.train",
     "val_data": "data.val", "image_root": "data.image_root", "unsafe_image_root": "data.unsafe_image_root",
     "output_dir": "output_dir", "epochs": "epochs", "max_steps": "max_steps", "batch_size": "batch_size",
     "grad_accum_steps": "grad_accum_steps", "lr": "lr", "lr_schedule": "lr_schedule", "warmup_steps": "warmup_steps",
@@ -21,6 +22,8 @@ OPTION_KEYS = {
 @click.command(context_settings={"show_default": True})
 @click.option("-c", "--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML config; options below override it.")
+@click.option("--method", type=click.Choice(available_methods()),
+              help="Safety method; its settings are the config section of the same name (safer_clip: ...).")
 @click.option("--base-model", help="open_clip architecture, hf-hub:org/repo, or a model folder.")
 @click.option("--pretrained", help="open_clip pretrained tag or checkpoint file for --base-model.")
 @click.option("--train-data", help="Training quadruplets: ViSU .json or generic .jsonl.")
@@ -45,10 +48,13 @@ OPTION_KEYS = {
 @click.option("--skip-bad", is_flag=True, default=None, help="Skip bad dataset rows (listed in report.json).")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in OUTPUT_DIR from its last checkpoint.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="Any other config key, e.g. --set lora.alpha=32 --set loss.tau=0.02.")
+              help="Any other config key, e.g. --set lora.alpha=32 --set safer_clip.tau=0.02 (method settings: "
+                   "SECTION.key, the section named after the method).")
 def command(config_file, skip_bad, resume, assignments, **options):
-    """Fine-tune a base CLIP with Safe-CLIP and write a merged model folder.
+    """Fine-tune a base CLIP with a safety method and write a merged model folder.
 
+    \b
+    safeclip train -c cfg.yaml --method safer-clip --set safer_clip.tau=0.02
     Multi-GPU: torchrun --nproc-per-node 8 -m safeclip_sdk train -c cfg.yaml
     """
     from safeclip_sdk.training import train

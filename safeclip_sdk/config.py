@@ -3,6 +3,11 @@
 A run's config is built in three layers: the defaults below, then a YAML file (``-c cfg.yaml``),
 then overrides (``--lr 1e-4`` or ``--set lora.rank=8``). The effective config is saved beside
 the run as ``config.yaml`` and inside ``safeclip.json``.
+
+The settings shared by every method are the fields of :class:`TrainConfig`; the selected
+method's own settings are a section named after it (``safe_clip:``, ``safer_clip:``, ``hysac:``;
+``--set safer_clip.tau=0.02``), read into the method's config class (see
+:mod:`safeclip_sdk.methods`).
 """
 
 from __future__ import annotations
@@ -18,23 +23,9 @@ import yaml
 
 from .errors import SafeclipError
 
-# Safe-CLIP's eight loss terms, in the reference order, with the reference weights.
-SAFE_CLIP_REFERENCE_WEIGHTS = {
-    "text_safe_cos": 0.1,             # 1 - cos(T(t),  T0(t))
-    "text_unsafe_cos": 0.1,           # 1 - cos(T(t*), T0(t))
-    "image_safe_cos": 0.1,            # 1 - cos(V(v),  V0(v))
-    "image_unsafe_cos": 0.2,          # 1 - cos(V(v*), V0(v))
-    "text_safe_contrastive": 0.25,    # contrastive(T(t),  V0(v))
-    "text_unsafe_contrastive": 0.25,  # contrastive(T(t*), V0(v))
-    "image_safe_contrastive": 0.25,   # contrastive(V(v),  T0(t))
-    "image_unsafe_contrastive": 0.5,  # contrastive(V(v*), T0(t))
-}
-
-
 # Settings that take one of a few values; the allowed values come from these types.
 Towers = Literal["both", "text"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Normalization = Literal["sum", "none"]
 LrSchedule = Literal["cosine", "constant"]
 
 
@@ -47,15 +38,6 @@ class LoraConfig:
     # c_fc / c_proj are the MLP layers; add `conv1` for the patch embedding.
     targets: list[str] = field(default_factory=lambda: ["attn", "c_fc", "c_proj"])
     towers: Towers = "both"
-
-
-@dataclass
-class LossConfig:
-    tau: float = 0.01
-    weights: dict[str, float] = field(default_factory=lambda: dict(SAFE_CLIP_REFERENCE_WEIGHTS))
-    # "sum": every weight is divided once by the sum of all eight configured weights, so a term
-    # has the same scale whether or not the dataset has unsafe images. "none": used as given.
-    normalization: Normalization = "sum"
 
 
 @dataclass
@@ -78,13 +60,13 @@ class TrainConfig:
     output_dir: str = "runs/safe-clip"
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
     epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 128
     grad_accum_steps: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW's moment decay rates
     # "cosine": linear warm-up over `warmup_steps` optimizer steps, then a cosine decay to 0 at
     # the last step; "constant": the same warm-up, then `lr` throughout
     lr_schedule: LrSchedule = "cosine"
@@ -99,17 +81,67 @@ class TrainConfig:
     early_stopping_metric: str = "val_loss"
     early_stopping_patience: int = 2
     resume: bool = False
+    # The selected method's settings (an instance of its config class), written as the method's
+    # own section of the YAML file: `safe_clip:`, `safer_clip:`, `hysac:` ...
+    method_config: Any = None
+
+    def __post_init__(self):
+        if self.method_config is None:
+            method = _registered(self.method)
+            if method is not None:
+                self.method_config = method.config_class()
+
+
+def _registered(name: Any):
+    """The method class registered as ``name``, or None (validation reports unknown names)."""
+    from .methods import available_methods, get_method
+
+    return get_method(name) if isinstance(name, str) and name in available_methods() else None
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """Nested plain values; the method's settings under its section name, right after ``lora``."""
+    values: dict[str, Any] = {}
+    method = _registered(config.method)
+    for item in dataclasses.fields(config):
+        if item.name == "method_config":
+            continue
+        value = getattr(config, item.name)
+        values[item.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        if item.name == "lora" and method is not None and dataclasses.is_dataclass(config.method_config):
+            values[method.section] = dataclasses.asdict(config.method_config)
+    return values
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build a config from nested dicts, rejecting unknown keys by name and bad values by
     :func:`validate_config`."""
-    config = _build(TrainConfig, values, prefix="")
+    config = _build_train_config(values)
     validate_config(config)
+    return config
+
+
+def _build_train_config(values: dict[str, Any]) -> TrainConfig:
+    """:class:`TrainConfig` from nested dicts. The selected method's section becomes
+    ``method_config``; sections of the other registered methods are ignored, so one file can hold
+    the settings of several methods."""
+    from .methods import method_sections
+
+    values = dict(values)
+    sections = method_sections()
+    found = {key: values.pop(key) for key in list(values) if key in sections}
+    config = _build(TrainConfig, values, prefix="", hidden={"method_config"}, extra_known=sections)
+    method = _registered(config.method)
+    if method is None:
+        return config
+    mine = [key for key in found if sections[key] is method]
+    if len(mine) > 1:
+        raise SafeclipError(f"config sections '{mine[0]}' and '{mine[1]}' both set method {method.name}; keep one")
+    if mine:
+        key = mine[0]
+        if not isinstance(found[key], dict):
+            raise SafeclipError(f"config key '{key}' must be a mapping of its settings, got {found[key]!r}")
+        config.method_config = _build(method.config_class, found[key], prefix=f"{method.section}.")
     return config
 
 
@@ -117,54 +149,65 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
 _AT_LEAST = {"epochs": 1, "max_steps": 1, "batch_size": 1, "grad_accum_steps": 1, "checkpoint_every": 1,
              "log_every": 1, "warmup_steps": 0, "weight_decay": 0, "early_stopping_patience": 0,
              "data.num_workers": 0, "lora.rank": 1}
-_POSITIVE = {"lr", "lora.alpha", "loss.tau"}
+_POSITIVE = {"lr", "lora.alpha"}
 
 
 def validate_config(config: TrainConfig) -> None:
     """Raise SafeclipError, in one line naming the key, for the first value out of range or
-    not among a setting's choices; nothing is loaded before this passes."""
-    for key, value, hint in _settings(config):
-        origin = typing.get_origin(hint)
-        if origin is Literal and value not in typing.get_args(hint):
-            allowed = ", ".join(map(str, typing.get_args(hint)))
-            raise SafeclipError(f"config key '{key}' must be one of {allowed}, got {value!r}")
-        if hint is bool and not isinstance(value, bool):
-            raise SafeclipError(f"config key '{key}' must be true or false, got {value!r}")
-        if value is not None and (key in _AT_LEAST or key in _POSITIVE):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise SafeclipError(f"config key '{key}' must be a number, got {value!r}")
-            if key in _POSITIVE and value <= 0:
-                raise SafeclipError(f"config key '{key}' must be greater than 0, got {value!r}")
-            if key in _AT_LEAST and value < _AT_LEAST[key]:
-                hint_text = " (leave it unset for no limit)" if key == "max_steps" else ""
-                raise SafeclipError(f"config key '{key}' must be at least {_AT_LEAST[key]}, got {value!r}{hint_text}")
+    not among a setting's choices; nothing is loaded before this passes.
+
+    A method's config class adds its own bounds (class attributes ``AT_LEAST`` and ``POSITIVE``,
+    keys relative to its section) and may check the rest in ``validate(section)``.
+    """
+    from .methods import available_methods
+
+    method = _registered(config.method)
+    if method is None:
+        raise SafeclipError(f"config key 'method' must be one of {', '.join(available_methods())}, "
+                            f"got {config.method!r}")
+    if not isinstance(config.method_config, method.config_class):
+        raise SafeclipError(f"method_config must be a {method.config_class.__name__} for method {method.name}, "
+                            f"got {type(config.method_config).__name__}")
+    at_least, positive = dict(_AT_LEAST), set(_POSITIVE)
+    at_least.update({f"{method.section}.{key}": value
+                     for key, value in getattr(method.config_class, "AT_LEAST", {}).items()})
+    positive.update(f"{method.section}.{key}" for key in getattr(method.config_class, "POSITIVE", set()))
+    for key, value, hint in [*_settings(config), *_settings(config.method_config, f"{method.section}.")]:
+        _check_setting(key, value, hint, at_least, positive)
     if not 0 <= config.lora.dropout < 1:
         raise SafeclipError(f"config key 'lora.dropout' must be in [0, 1), got {config.lora.dropout!r}")
-    validate_loss_weights(config.loss.weights)
+    betas = config.betas
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+        raise SafeclipError(f"config key 'betas' must be two numbers in [0, 1), got {betas!r}")
+    validate = getattr(config.method_config, "validate", None)
+    if validate is not None:
+        validate(method.section)
 
 
-def validate_loss_weights(weights: dict[str, float]) -> dict[str, float]:
-    """The eight Safe-CLIP weights as floats, in the reference order; each must be a number >= 0."""
-    if not isinstance(weights, dict):
-        raise SafeclipError(f"loss.weights: must be a mapping of term name to weight, got {weights!r}")
-    known = list(SAFE_CLIP_REFERENCE_WEIGHTS)
-    unknown = [name for name in weights if name not in SAFE_CLIP_REFERENCE_WEIGHTS]
-    if unknown:
-        raise SafeclipError(f"loss.weights: unknown term '{unknown[0]}' (known: {', '.join(known)})")
-    missing = [name for name in known if name not in weights]
-    if missing:
-        raise SafeclipError(f"loss.weights: missing term '{missing[0]}' (set all eight; 0 disables a term)")
-    for name in known:
-        value = weights[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise SafeclipError(f"loss.weights.{name}: must be a number >= 0, got {value!r}")
-    return {name: float(weights[name]) for name in known}
+def _check_setting(key: str, value: Any, hint: Any, at_least: dict[str, float], positive: set[str]) -> None:
+    origin = typing.get_origin(hint)
+    if origin is Literal and value not in typing.get_args(hint):
+        allowed = ", ".join(map(str, typing.get_args(hint)))
+        raise SafeclipError(f"config key '{key}' must be one of {allowed}, got {value!r}")
+    if hint is bool and not isinstance(value, bool):
+        raise SafeclipError(f"config key '{key}' must be true or false, got {value!r}")
+    if value is not None and (key in at_least or key in positive):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SafeclipError(f"config key '{key}' must be a number, got {value!r}")
+        if key in positive and value <= 0:
+            raise SafeclipError(f"config key '{key}' must be greater than 0, got {value!r}")
+        if key in at_least and value < at_least[key]:
+            hint_text = " (leave it unset for no limit)" if key == "max_steps" else ""
+            raise SafeclipError(f"config key '{key}' must be at least {at_least[key]}, got {value!r}{hint_text}")
 
 
 def _settings(config, prefix: str = ""):
-    """(dotted key, value, type) of every leaf setting, nested configs included."""
+    """(dotted key, value, type) of every leaf setting, nested configs included (not the method's)."""
     hints = typing.get_type_hints(type(config))
     for item in dataclasses.fields(config):
+        if item.name == "method_config":
+            continue
         value = getattr(config, item.name)
         if dataclasses.is_dataclass(value):
             yield from _settings(value, f"{prefix}{item.name}.")
@@ -172,11 +215,12 @@ def _settings(config, prefix: str = ""):
             yield f"{prefix}{item.name}", value, hints[item.name]
 
 
-def _build(cls, values: dict[str, Any], prefix: str):
-    known = {f.name: f for f in dataclasses.fields(cls)}
+def _build(cls, values: dict[str, Any], prefix: str, hidden: set[str] = frozenset(), extra_known=()):
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name not in hidden}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise SafeclipError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(known))})")
+        names = ", ".join(sorted([*known, *extra_known]))
+        raise SafeclipError(f"unknown config key '{prefix}{unknown[0]}' (known: {names})")
     kwargs = {}
     for name, value in values.items():
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING \
@@ -186,7 +230,7 @@ def _build(cls, values: dict[str, Any], prefix: str):
         elif dataclasses.is_dataclass(default):
             raise SafeclipError(f"config key '{prefix}{name}' must be a mapping of its settings, got {value!r}")
         elif isinstance(default, dict) and isinstance(value, dict):
-            kwargs[name] = {**default, **value}  # e.g. loss.weights: set only the terms you change
+            kwargs[name] = {**default, **value}  # e.g. safe_clip.weights: set only the terms you change
         else:
             kwargs[name] = _coerce(value, default, known[name].type, f"{prefix}{name}")
     return cls(**kwargs)
@@ -213,14 +257,33 @@ def _coerce(value: Any, default: Any, annotation: str, key: str) -> Any:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the YAML file, then ``overrides`` (dotted keys: ``{"lora.rank": 8}``),
-    validated once all three are applied."""
+    validated once all three are applied. An overridden ``method`` applies first, so
+    ``{"method": "hysac", "hysac.curv_init": 2.0}`` sets a key of the method it selects."""
     values: dict[str, Any] = {}
     if path is not None:
         values = _read_yaml(Path(path))
-    merged = to_dict(_build(TrainConfig, values, prefix=""))
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(merged, dotted, value)
+    overrides = dict(overrides or {})
+    if "method" in overrides:
+        values = {**values, "method": overrides.pop("method")}
+    merged = to_dict(_build_train_config(values))
+    for dotted, value in overrides.items():
+        _set_dotted(merged, _canonical_key(dotted, merged.get("method")), value)
     return from_dict(merged)
+
+
+def _canonical_key(dotted: str, method_name: Any) -> str:
+    """``dotted`` with an old section name replaced by the current one (``loss.tau`` ->
+    ``safe_clip.tau``); a key of another method's section is a one-line error."""
+    from .methods import method_sections
+
+    head, sep, rest = dotted.partition(".")
+    owner = method_sections().get(head) if sep else None
+    if owner is None:
+        return dotted
+    if owner.name != method_name:
+        raise SafeclipError(f"config key '{dotted}' belongs to method {owner.name}, but this run trains "
+                            f"{method_name} (select it with --method {owner.name})")
+    return f"{owner.section}.{rest}"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -273,6 +336,15 @@ def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
     if leaf not in node:
         raise SafeclipError(f"unknown config key '{dotted}'")
     node[leaf] = value
+
+
+def __getattr__(name):
+    # Safe-CLIP's settings used to live here as `LossConfig`
+    if name in ("LossConfig", "SAFE_CLIP_REFERENCE_WEIGHTS"):
+        from .methods.safe_clip import config
+
+        return config.SafeClipConfig if name == "LossConfig" else config.REFERENCE_WEIGHTS
+    raise AttributeError(f"module 'safeclip_sdk.config' has no attribute '{name}'")
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

@@ -1,24 +1,15 @@
-"""Safe-CLIP's training objective: eight weighted cosine and contrastive terms (methods.md, section 1).
+"""Loss functions shared by the methods: symmetric InfoNCE and the mean cosine distance.
 
-The trainable encoders T, V are pulled towards the FROZEN original encoders T0, V0: unsafe inputs
-towards where their safe counterparts were (redirection), safe inputs towards where they already
-were (preservation). Every term takes raw projection outputs and normalises them itself.
+Both take raw projection outputs and normalise them in at least fp32. Safe-CLIP's eight-term
+loss lives in :mod:`safeclip_sdk.methods.safe_clip.losses` (``SafeClipLoss`` and
+``SafeClipEmbeddings`` are still importable from here).
 """
 
 from __future__ import annotations
 
-import math
-import typing
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from .config import LossConfig, Normalization, validate_loss_weights
-from .errors import SafeclipError
-
-NORMALIZATIONS = typing.get_args(Normalization)
 
 
 def _normalized(x: Tensor) -> Tensor:
@@ -39,76 +30,9 @@ def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     return (1.0 - cos).mean()
 
 
-@dataclass
-class SafeClipEmbeddings:
-    """One batch of quadruplets encoded by the trainable (T, V) and frozen (T0, V0) encoders."""
+def __getattr__(name):
+    if name in ("SafeClipLoss", "SafeClipEmbeddings"):
+        from .methods.safe_clip import losses
 
-    text_safe: Tensor                   # T(t)
-    text_unsafe: Tensor                 # T(t*)
-    ref_text_safe: Tensor               # T0(t)
-    ref_image_safe: Tensor              # V0(v)
-    image_safe: Tensor | None = None    # V(v); None when the image tower is not trained
-    image_unsafe: Tensor | None = None  # V(v*); None when the dataset has no unsafe images
-
-
-def _term_inputs(emb: SafeClipEmbeddings) -> dict[str, tuple[str, Tensor | None, Tensor]]:
-    """Each term's (kind, trained embedding, frozen target), in the reference order.
-
-    The targets are detached: the frozen encoders are never trained, whatever the caller passes.
-    """
-    ref_text, ref_image = emb.ref_text_safe.detach(), emb.ref_image_safe.detach()
-    return {
-        "text_safe_cos": ("cos", emb.text_safe, ref_text),
-        "text_unsafe_cos": ("cos", emb.text_unsafe, ref_text),
-        "image_safe_cos": ("cos", emb.image_safe, ref_image),
-        "image_unsafe_cos": ("cos", emb.image_unsafe, ref_image),
-        "text_safe_contrastive": ("contrastive", emb.text_safe, ref_image),
-        "text_unsafe_contrastive": ("contrastive", emb.text_unsafe, ref_image),
-        "image_safe_contrastive": ("contrastive", emb.image_safe, ref_text),
-        "image_unsafe_contrastive": ("contrastive", emb.image_unsafe, ref_text),
-    }
-
-
-class SafeClipLoss(torch.nn.Module):
-    """The weighted sum of Safe-CLIP's eight terms.
-
-    With ``normalization="sum"`` every configured weight is divided once by the sum of all
-    eight, so a term keeps the same scale whether or not the batch has unsafe images. Terms
-    whose trained embedding is missing (text-only mode) are left out of the total.
-    """
-
-    def __init__(self, config: LossConfig):
-        super().__init__()
-        self.tau = _validated_tau(config.tau)
-        weights = validate_loss_weights(config.weights)
-        if config.normalization == "sum":
-            total = sum(weights.values())
-            if total <= 0:
-                raise SafeclipError("loss.weights: all weights are zero, nothing to normalise by")
-            weights = {name: value / total for name, value in weights.items()}
-        elif config.normalization != "none":
-            raise SafeclipError(f"loss.normalization: '{config.normalization}' is not one of "
-                                f"{', '.join(NORMALIZATIONS)}")
-        self._weights = weights
-
-    @property
-    def effective_weights(self) -> dict[str, float]:
-        """The weights applied to the terms, after normalisation."""
-        return dict(self._weights)
-
-    def forward(self, emb: SafeClipEmbeddings) -> tuple[Tensor, dict[str, Tensor]]:
-        """The weighted total and each computed term's unweighted, detached value."""
-        terms: dict[str, Tensor] = {}
-        for name, (kind, trained, target) in _term_inputs(emb).items():
-            if trained is None:
-                continue
-            terms[name] = (cosine_distance(trained, target) if kind == "cos"
-                           else contrastive_loss(trained, target, self.tau))
-        total = sum(self._weights[name] * value for name, value in terms.items())
-        return total, {name: value.detach() for name, value in terms.items()}
-
-
-def _validated_tau(tau) -> float:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
-        raise SafeclipError(f"loss.tau: must be a positive number, got {tau!r}")
-    return float(tau)
+        return getattr(losses, name)
+    raise AttributeError(f"module 'safeclip_sdk.losses' has no attribute '{name}'")

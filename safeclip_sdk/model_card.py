@@ -4,14 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
-METHOD_NAMES = {
-    "safe-clip": "Safe-CLIP (Poppi et al., ECCV 2024)",
-    "base": "base CLIP (no safety fine-tuning)",
-}
+BASE = ("base CLIP (no safety fine-tuning)", "A CLIP trained without safety fine-tuning.")
+
+
+def _method_text(name: str) -> tuple[str, str]:
+    """(title, summary) of a registered method; the base model and unknown names get plain ones."""
+    from .methods import available_methods, get_method
+
+    if name in available_methods():
+        method = get_method(name)
+        return method.title, method.summary
+    return BASE if name == "base" else (name, "")
+
+
+def _method_settings(config: dict[str, Any], method: str) -> str:
+    """The method section's scalar settings (``tau 0.01, normalization sum``), older folders' ``loss`` too."""
+    from .methods import method_sections
+
+    section = next((values for key, values in config.items()
+                    if key in method_sections() and method_sections()[key].name == method and isinstance(values, dict)), {})
+    return ", ".join(f"{key} {value}" for key, value in section.items() if isinstance(value, (int, float, str)))
 
 
 def render_model_card(metadata: dict[str, Any]) -> str:
     method = metadata.get("method", "unknown")
+    title, summary = _method_text(method)
     base = metadata.get("base_model", {})
     base_name = base.get("source", "?") + (f" ({base['pretrained']})" if base.get("pretrained") else "")
     config = metadata.get("config", {})
@@ -26,10 +43,9 @@ def render_model_card(metadata: dict[str, Any]) -> str:
         "---",
         f"# {method} fine-tune of {base_name}",
         "",
-        f"Produced by safeclip {metadata.get('safeclip_version', '')} with {METHOD_NAMES.get(method, method)}.",
-        "Unsafe text and images are redirected to where their safe counterparts were in the original",
-        "embedding space; safe inputs stay where they were, so existing indexes and downstream models",
-        "keep working. LoRA adapters were merged: this folder holds plain open_clip weights.",
+        f"Produced by safeclip {metadata.get('safeclip_version', '')} with {title}.",
+        summary,
+        "LoRA adapters were merged: this folder holds plain open_clip weights.",
         "",
         "## Use",
         "```python",
@@ -46,7 +62,8 @@ def render_model_card(metadata: dict[str, Any]) -> str:
         f"- LoRA rank {lora.get('rank')}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
         f"targets {lora.get('targets')}, towers {lora.get('towers')}",
         f"- lr {config.get('lr')}, batch {config.get('batch_size')}, epochs {config.get('epochs')}, "
-        f"tau {config.get('loss', {}).get('tau')}, precision {config.get('precision')}",
+        f"precision {config.get('precision')}",
+        f"- {method} settings: {_method_settings(config, method) or 'defaults'}",
         f"- steps {metrics.get('steps')}, best validation step {metrics.get('best_step')}",
     ]
     if validation:

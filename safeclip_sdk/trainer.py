@@ -12,7 +12,10 @@ What it guarantees (each one is a test in tests/test_trainer.py):
 - under torchrun, features are gathered across ranks, so a step equals a single-process step
   on the same global batch; validation metrics are all-reduced, so every rank takes the same
   early-stopping decision (no rank waits forever for another);
-- mixed precision on GPU (bf16 where supported, else fp16 with loss scaling), fp32 on CPU.
+- mixed precision on GPU (bf16 where supported, else fp16 with loss scaling), fp32 on CPU;
+- a method's :class:`TrainingHooks` (extra trainable modules, the items of each epoch, a step
+  hook) keep all of the above: extra modules are checkpointed and restored with the adapters,
+  and the items of an epoch depend on nothing but the epoch number.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,6 +68,29 @@ class Objective(Protocol):
         """(total loss, detached named terms) over the features of :meth:`embed` and
         :meth:`fixed_features` together."""
         ...
+
+
+class TrainingHooks:
+    """What a method may add to the shared loop; each hook is optional and does nothing by default."""
+
+    def extra_modules(self) -> dict[str, torch.nn.Module]:
+        """Trainable modules beside the towers (e.g. a learnable geometry the loss uses), by name.
+
+        Their parameters form a second optimizer group without weight decay, are saved in every
+        checkpoint as ``method.<name>.<parameter>`` and restored on resume.
+        """
+        return {}
+
+    def epoch_items(self, epoch: int) -> Sequence[int] | None:
+        """The training items of ``epoch`` (indices into the training set), or None for all.
+
+        Must depend only on ``epoch`` (and state fixed before training), so a resumed run sees
+        the same items.
+        """
+        return None
+
+    def after_step(self, trainer: Trainer) -> None:
+        """Called after every optimizer step (e.g. to clamp parameters into their range)."""
 
 
 @dataclass
@@ -141,7 +167,7 @@ class Trainer:
 
     def __init__(self, encoder: torch.nn.Module, objective: Objective, train_dataset, config: TrainConfig,
                  run_dir: str | Path, *, val_dataset=None, device: torch.device | None = None,
-                 context: DistributedContext | None = None,
+                 context: DistributedContext | None = None, hooks: TrainingHooks | None = None,
                  callbacks: Iterable[Callable[["Trainer"], None]] = ()):
         validate_config(config)
         self.config = config
@@ -149,17 +175,25 @@ class Trainer:
         self.context = context or DistributedContext()
         self.device = device or resolve_device(config.device)
         self.objective = objective
+        self.hooks = hooks or TrainingHooks()
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.callbacks = list(callbacks)
         self.micro_batch_size = self._micro_batch_size()
+        self.epoch_sizes = self._epoch_sizes()
 
         self.encoder = encoder.to(self.device)
-        self.parameters = {name: p for name, p in self.encoder.named_parameters() if p.requires_grad}
-        if not self.parameters:
+        self.extra_modules = {name: module.to(self.device) for name, module in self.hooks.extra_modules().items()}
+        encoder_parameters = {name: p for name, p in self.encoder.named_parameters() if p.requires_grad}
+        self.extra_parameters = {f"method.{name}.{key}": p for name, module in self.extra_modules.items()
+                                 for key, p in module.named_parameters() if p.requires_grad}
+        self.parameters = {**encoder_parameters, **self.extra_parameters}
+        if not encoder_parameters:
             raise SafeclipError("nothing to train: the model has no trainable parameters")
         self.model = self._wrap_ddp(self.encoder)
-        self.optimizer = torch.optim.AdamW(self.parameters.values(), lr=config.lr,
-                                           weight_decay=config.weight_decay)
+        groups = [{"params": list(encoder_parameters.values()), "weight_decay": config.weight_decay}]
+        if self.extra_parameters:
+            groups.append({"params": list(self.extra_parameters.values()), "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, schedule=config.lr_schedule,
                                                    warmup_steps=config.warmup_steps, total_steps=self.total_steps))
@@ -179,6 +213,20 @@ class Trainer:
                                 f"({self.config.batch_size}); lower batch_size")
         return micro
 
+    def _epoch_items(self, epoch: int) -> Sequence[int] | None:
+        items = self.hooks.epoch_items(epoch)
+        if items is not None and len(items) < self.config.batch_size:
+            raise SafeclipError(f"epoch {epoch} trains on {len(items)} items (the method's selection), fewer "
+                                f"than one batch ({self.config.batch_size}); lower batch_size")
+        return items
+
+    def _epoch_sizes(self) -> list[int]:
+        sizes = []
+        for epoch in range(self.config.epochs):
+            items = self._epoch_items(epoch)
+            sizes.append(len(self.train_dataset) if items is None else len(items))
+        return sizes
+
     def _wrap_ddp(self, module: torch.nn.Module) -> torch.nn.Module:
         if not self.context.enabled:
             return module
@@ -189,14 +237,17 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train_dataset) // self.config.batch_size
+    def steps_in_epoch(self, epoch: int) -> int:
+        return self.epoch_sizes[epoch] // self.config.batch_size
 
     @property
     def total_steps(self) -> int:
-        total = self.steps_per_epoch * self.config.epochs
+        total = sum(self.steps_in_epoch(epoch) for epoch in range(self.config.epochs))
         return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def _epoch_dataset(self, epoch: int):
+        items = self._epoch_items(epoch)
+        return self.train_dataset if items is None else torch.utils.data.Subset(self.train_dataset, list(items))
 
     def _loader(self, dataset, *, epoch: int, start_micro_batch: int = 0, shuffle: bool = True):
         sampler = ResumableBatchSampler(len(dataset), self.micro_batch_size, seed=self.config.seed, epoch=epoch,
@@ -237,11 +288,12 @@ class Trainer:
         contributes exactly its own items' share of the full-step gradient. The random state is
         rewound before each recompute, so dropout draws the same masks as in the cached pass.
         """
-        self.model.train()
+        self._set_mode(train=True)
         batches = [self._to_device(batch) for batch in micro_batches]
         if len(batches) == 1:
             loss, terms = self._micro_batch_loss(self.model, batches[0])
             self.scaler.scale(loss).backward()
+            self._finish_extra_gradients(passes=1)
             return _floats(loss, terms)
 
         rng_states, cached = [], []
@@ -261,7 +313,34 @@ class Trainer:
                     features = _concatenated(cached[:index] + [fresh] + cached[index + 1:])
                     loss, terms = self.objective.loss({**features, **step_fixed})
                 self.scaler.scale(loss).backward()
+        self._finish_extra_gradients(passes=len(batches))
         return _floats(loss, terms)
+
+    def _set_mode(self, *, train: bool) -> None:
+        self.model.train(train)
+        for module in self.extra_modules.values():
+            module.train(train)
+
+    def _finish_extra_gradients(self, passes: int) -> None:
+        """Make the extra modules' gradients those of the step's loss.
+
+        They act on the features of the whole step, so each of the ``passes`` backward passes
+        adds their full gradient once: keep the mean. Every rank computes the same loss over the
+        gathered features; averaging across ranks keeps their copies equal even where GPU
+        kernels round differently.
+        """
+        gradients = [p.grad for p in self.extra_parameters.values() if p.grad is not None]
+        if not gradients:
+            return
+        if passes > 1:
+            torch._foreach_div_(gradients, float(passes))
+        if self.context.enabled:
+            flat = torch.cat([g.reshape(-1) for g in gradients])
+            flat = all_reduce_sum(flat, self.context) / self.context.world_size
+            offset = 0
+            for g in gradients:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
 
     def _rng_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
@@ -277,12 +356,13 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.hooks.after_step(self)
 
     # -- validation -----------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean loss and loss terms over the validation set (sharded across ranks, all-reduced)."""
-        self.model.eval()
+        self._set_mode(train=False)
         sums: dict[str, float] = {}
         batches = 0
         # every rank runs the same number of batches (the sampler drops the incomplete last one),
@@ -398,7 +478,8 @@ class Trainer:
             _trim_log(log_path, progress.step)
         try:
             while progress.epoch < config.epochs and progress.step < self.total_steps and not progress.stopped_early:
-                loader = self._loader(self.train_dataset, epoch=progress.epoch, start_micro_batch=progress.micro_batch)
+                loader = self._loader(self._epoch_dataset(progress.epoch), epoch=progress.epoch,
+                                      start_micro_batch=progress.micro_batch)
                 pending: list[dict[str, Any]] = []
                 for batch in loader:
                     pending.append(batch)
@@ -426,7 +507,7 @@ class Trainer:
                     if progress.step >= self.total_steps:
                         break
                 # leftover micro-batches that cannot fill a whole step are dropped
-                if progress.micro_batch >= self.steps_per_epoch * accum:
+                if progress.micro_batch >= self.steps_in_epoch(progress.epoch) * accum:
                     self._end_epoch()
         finally:
             bar.close()

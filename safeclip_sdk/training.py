@@ -1,4 +1,9 @@
-"""``safeclip train``: Safe-CLIP fine-tuning from a base CLIP and a quadruplet dataset.
+"""``safeclip train``: fine-tune a base CLIP with a registered safety method on quadruplets.
+
+Every method runs through the same pipeline (the hooks are described in
+:mod:`safeclip_sdk.methods.base`): load the data and the base model, add LoRA adapters, let the
+method prepare, train with the shared :class:`~safeclip_sdk.trainer.Trainer`, merge the
+adapters and save the model with the method's own keys in ``safeclip.json``.
 
 The run folder (``output_dir``) receives ``config.yaml`` (the effective config), checkpoints,
 ``train_log.jsonl``, ``report.json`` and, at the end, ``model/``: merged weights in safetensors,
@@ -42,44 +47,11 @@ class TrainResult:
     report: dict[str, Any]
 
 
-class SafeClipObjective:
-    """Safe-CLIP's eight-term loss (methods.md section 1) as a trainer Objective."""
-
-    def __init__(self, reference, loss, *, train_image_tower: bool):
-        self.reference, self.loss_fn = reference, loss
-        self.train_image_tower = train_image_tower
-
-    def embed(self, encoder, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """T(t), T(t*) and, when the image tower trains, V(v) and V(v*) (if the data has them)."""
-        safe_text, unsafe_text = batch["safe_text"], batch["unsafe_text"]
-        safe_image, unsafe_image = batch["safe_image"], batch.get("unsafe_image")
-        n = safe_text.shape[0]
-        images = None
-        if self.train_image_tower:
-            images = safe_image if unsafe_image is None else torch.cat([safe_image, unsafe_image])
-        image_features, text_features = encoder(images=images, texts=torch.cat([safe_text, unsafe_text]))
-        features = {"text_safe": text_features[:n], "text_unsafe": text_features[n:]}
-        if image_features is not None:
-            features["image_safe"] = image_features[:n]
-            if unsafe_image is not None:
-                features["image_unsafe"] = image_features[n:]
-        return features
-
-    def fixed_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """T0(t) and V0(v) from the frozen reference."""
-        return {"ref_text_safe": self.reference.encode_text(batch["safe_text"]),
-                "ref_image_safe": self.reference.encode_image(batch["safe_image"])}
-
-    def loss(self, features: dict[str, torch.Tensor]):
-        from .losses import SafeClipEmbeddings
-
-        return self.loss_fn(SafeClipEmbeddings(**features))
-
-
 def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> TrainResult:
-    """Train Safe-CLIP; ``config`` is a TrainConfig or a YAML path, ``overrides`` dotted keys.
+    """Train the config's method; ``config`` is a TrainConfig or a YAML path, ``overrides`` dotted keys.
 
-    >>> train("cfg.yaml", lr=1e-4, **{"lora.rank": 8})            # doctest: +SKIP
+    >>> train("cfg.yaml", lr=1e-4, **{"lora.rank": 8})                                # doctest: +SKIP
+    >>> train("cfg.yaml", method="safer-clip", **{"safer_clip.tau": 0.02})            # doctest: +SKIP
     """
     if not isinstance(config, TrainConfig):
         config = load_config(config, overrides)
@@ -87,8 +59,6 @@ def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> T
         config = load_config(None, {**_flatten(to_dict(config)), **overrides})
     else:
         validate_config(config)
-    if config.method != "safe-clip":
-        raise SafeclipError(f"method '{config.method}' is not available yet (this version trains safe-clip)")
     device = resolve_device(config.device)
     context = init_distributed(device.type)
     if context.enabled and device.type == "cuda":
@@ -100,11 +70,13 @@ def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> T
 
 
 def _train(config: TrainConfig, device: torch.device, context: DistributedContext) -> TrainResult:
-    from .data import QuadrupletDataset, load_dataset
+    from .data import load_dataset
     from .lora import DualEncoder, FrozenReference, apply_lora, merge_lora, trainable_parameter_count
-    from .losses import SafeClipLoss
+    from .methods import get_method
+    from .methods.base import TrainingRun
 
     started = time.time()
+    method = get_method(config.method)(config)
     run_dir = Path(config.output_dir)
     _prepare_run_dir(run_dir, config, context)
 
@@ -116,23 +88,23 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
                                unsafe_image_root=config.data.unsafe_image_root, skip_bad=config.data.skip_bad)
     with_unsafe_images = train_set.has_unsafe_images and config.lora.towers == "both"
     if not train_set.has_unsafe_images and context.is_main:
-        logger.info("no unsafe images in %s: text-only mode (image-unsafe loss terms dropped)", config.data.train)
+        logger.info("no unsafe images in %s: text-only mode (terms on unsafe images dropped)", config.data.train)
 
     torch.manual_seed(config.seed)
     base = load_model(config.base_model, config.pretrained, device=device)
-    reference = FrozenReference(base.model).to(device)
+    reference = FrozenReference(base.model).to(device) if method.uses_frozen_reference else None
     peft_model = apply_lora(base.model, config.lora)
     trainable, total = trainable_parameter_count(peft_model)
     if context.is_main:
         logger.info("LoRA: %d trainable parameters of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 
-    def dataset(split):
-        return QuadrupletDataset(split.items, base.preprocess, base.tokenizer, with_unsafe_images=with_unsafe_images)
-
-    objective = SafeClipObjective(reference, SafeClipLoss(config.loss), train_image_tower=config.lora.towers == "both")
-    trainer = Trainer(DualEncoder(peft_model), objective, dataset(train_set), config, run_dir,
-                      val_dataset=dataset(val_set) if val_set is not None else None, device=device,
-                      context=context)
+    run = TrainingRun(config=config, run_dir=run_dir, device=device, context=context, base=base,
+                      train_set=train_set, val_set=val_set, with_unsafe_images=with_unsafe_images,
+                      reference=reference)
+    method.prepare(run)
+    trainer = Trainer(DualEncoder(peft_model), method.objective(run), method.dataset(run, "train"), config, run_dir,
+                      val_dataset=method.dataset(run, "val") if val_set is not None else None, device=device,
+                      context=context, hooks=method)
     if config.resume and not trainer.resume() and context.is_main:
         logger.info("no checkpoint in %s: starting from step 0", run_dir)
     progress = trainer.fit()
@@ -140,6 +112,7 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
 
     merged = merge_lora(peft_model)
     report = {
+        "method": config.method,
         "train_items": len(train_set), "val_items": len(val_set) if val_set else 0,
         "bad_rows": {"train": [vars(row) for row in train_set.bad_rows],
                      "val": [vars(row) for row in val_set.bad_rows] if val_set else []},
@@ -150,7 +123,8 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
     }
     model_dir = run_dir / "model"
     if context.is_main:
-        _save_trained_model(model_dir, base, merged, config, report)
+        method_metadata = method.finish(run, merged)
+        _save_trained_model(model_dir, base, merged, config, report, method_metadata)
         atomic_write_text(run_dir / "report.json", _json(report))
     if context.enabled:
         torch.distributed.barrier()
@@ -193,7 +167,7 @@ def _same_setting(key: str, saved: Any, current: Any) -> bool:
 
 
 def _save_trained_model(model_dir: Path, base: LoadedModel, merged: torch.nn.Module, config: TrainConfig,
-                        report: dict[str, Any]) -> None:
+                        report: dict[str, Any], method_metadata: dict[str, Any]) -> None:
     from .model_card import render_model_card
 
     metadata = {
@@ -205,6 +179,7 @@ def _save_trained_model(model_dir: Path, base: LoadedModel, merged: torch.nn.Mod
         "config": to_dict(config),
         "metrics": {"steps": report["steps"], "best_step": report["best_step"],
                     "validation": report["history"][-1] if report["history"] else None},
+        **method_metadata,
     }
     save_model_dir(model_dir, merged, base.model_cfg, base.preprocess_cfg, metadata=metadata,
                    model_card=render_model_card(metadata))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from safeclip_sdk.config import LoraConfig, LossConfig, TrainConfig
+from safeclip_sdk.config import LoraConfig, TrainConfig
 from safeclip_sdk.lora import DualEncoder, FrozenReference, apply_lora
-from safeclip_sdk.losses import SafeClipLoss
+from safeclip_sdk.methods.safe_clip.config import SafeClipConfig
+from safeclip_sdk.methods.safe_clip.losses import SafeClipLoss
+from safeclip_sdk.methods.safe_clip.method import SafeClipObjective
 from safeclip_sdk.models import load_model
-from safeclip_sdk.training import SafeClipObjective
 
 
 class SyntheticQuadruplets(torch.utils.data.Dataset):
@@ -40,7 +41,7 @@ def make_encoder_and_objective(*, lora_dropout=0.0, loss_weights=None, seed=0):
     base = load_model("safeclip-tiny")
     reference = FrozenReference(base.model)
     peft_model = apply_lora(base.model, LoraConfig(rank=4, alpha=4.0, dropout=lora_dropout))
-    loss_config = LossConfig() if loss_weights is None else LossConfig(weights=loss_weights)
+    loss_config = SafeClipConfig() if loss_weights is None else SafeClipConfig(weights=loss_weights)
     objective = SafeClipObjective(reference, SafeClipLoss(loss_config), train_image_tower=True)
     return DualEncoder(peft_model), objective
 

@@ -12,10 +12,11 @@ SHIPPED = sorted((Path(safeclip_sdk.__file__).parent / "configs").glob("*.yaml")
 
 def test_defaults_then_file_then_overrides(tmp_path):
     path = tmp_path / "cfg.yaml"
-    path.write_text("lr: 0.01\nlora: {rank: 8}\nloss: {weights: {text_safe_cos: 0.5}}\n")
+    path.write_text("lr: 0.01\nlora: {rank: 8}\nsafe_clip: {weights: {text_safe_cos: 0.5}}\n")
     config = load_config(path, dict([parse_override("lr=2e-4"), parse_override("lora.dropout=0")]))
     assert config.lr == 2e-4 and config.lora.rank == 8 and config.lora.dropout == 0
-    assert config.loss.weights["text_safe_cos"] == 0.5 and config.loss.weights["image_unsafe_contrastive"] == 0.5
+    weights = config.method_config.weights
+    assert weights["text_safe_cos"] == 0.5 and weights["image_unsafe_contrastive"] == 0.5
     assert config.lora.alpha == LoraConfig().alpha
     save_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config
@@ -86,13 +87,13 @@ def test_device_settings_resolve_or_fail_in_one_line():
     ("lora.rank", 0, "'lora.rank' must be at least 1"),
     ("lora.alpha", 0, "'lora.alpha' must be greater than 0"),
     ("lora.dropout", 1.0, "'lora.dropout' must be in \\[0, 1\\)"),
-    ("loss.tau", 0, "'loss.tau' must be greater than 0"),
+    ("safe_clip.tau", 0, "'safe_clip.tau' must be greater than 0"),
     ("lora.towers", "image", "'lora.towers' must be one of both, text, got 'image'"),
     ("precision", "fp64", "'precision' must be one of auto, fp32, bf16, fp16, got 'fp64'"),
-    ("loss.normalization", "mean", "'loss.normalization' must be one of sum, none, got 'mean'"),
+    ("safe_clip.normalization", "mean", "'safe_clip.normalization' must be one of sum, none, got 'mean'"),
     ("lr_schedule", "linear", "'lr_schedule' must be one of cosine, constant, got 'linear'"),
     ("resume", "yes", "'resume' must be true or false, got 'yes'"),
-    ("loss.weights", {"image_unsafe_cos": -1}, "loss.weights.image_unsafe_cos: must be a number >= 0"),
+    ("safe_clip.weights", {"image_unsafe_cos": -1}, "safe_clip.weights.image_unsafe_cos: must be a number >= 0"),
 ])
 def test_values_out_of_range_are_refused_when_the_config_is_built(key, value, message):
     with pytest.raises(SafeclipError, match=message) as error:
@@ -125,8 +126,8 @@ def test_yaml_syntax_error_keeps_its_line_and_column(tmp_path):
     path.write_bytes(b"lr: 0.01\n# caf\xe9\n")
     with pytest.raises(SafeclipError, match=r"cfg.yaml:2: config is not UTF-8 text \(byte 0xe9\)"):
         load_config(path)
-    with pytest.raises(SafeclipError, match="override 'loss.weights=\\{a: ': invalid YAML value"):
-        parse_override("loss.weights={a: ")
+    with pytest.raises(SafeclipError, match="override 'safe_clip.weights=\\{a: ': invalid YAML value"):
+        parse_override("safe_clip.weights={a: ")
 
 
 @pytest.mark.parametrize("option", [["--epochs", "0"], ["--batch-size", "-4"], ["--lr", "0"]])

@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
-from safeclip_sdk.config import SAFE_CLIP_REFERENCE_WEIGHTS, LossConfig
 from safeclip_sdk.errors import SafeclipError
-from safeclip_sdk.losses import SafeClipEmbeddings, SafeClipLoss, contrastive_loss, cosine_distance
+from safeclip_sdk.losses import contrastive_loss, cosine_distance
+from safeclip_sdk.methods.safe_clip.config import REFERENCE_WEIGHTS as SAFE_CLIP_REFERENCE_WEIGHTS
+from safeclip_sdk.methods.safe_clip.config import SafeClipConfig as LossConfig
+from safeclip_sdk.methods.safe_clip.losses import SafeClipEmbeddings, SafeClipLoss
 
 IMAGE_UNSAFE_TERMS = {"image_unsafe_cos", "image_unsafe_contrastive"}
 IMAGE_SAFE_TERMS = {"image_safe_cos", "image_safe_contrastive"}
@@ -163,8 +165,8 @@ def test_gradients_reach_only_the_trainable_embeddings():
     (LossConfig(weights={"text_safe_cos": 1.0}), "missing term 'text_unsafe_cos'"),
     (LossConfig(weights={**SAFE_CLIP_REFERENCE_WEIGHTS, "image_unsafe_cos": -0.2}), "image_unsafe_cos: must be"),
     (LossConfig(weights={**SAFE_CLIP_REFERENCE_WEIGHTS, "image_safe_cos": "high"}), "image_safe_cos: must be"),
-    (LossConfig(normalization="mean"), "loss.normalization: 'mean'"),
-    (LossConfig(tau=0), "loss.tau"),
+    (LossConfig(normalization="mean"), "safe_clip.normalization: 'mean'"),
+    (LossConfig(tau=0), "safe_clip.tau"),
     (LossConfig(weights=dict.fromkeys(SAFE_CLIP_REFERENCE_WEIGHTS, 0.0)), "all weights are zero"),
 ])
 def test_bad_config_gives_one_line_error(config, message):

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from safeclip_sdk import SafeclipError
-from safeclip_sdk.config import SAFE_CLIP_REFERENCE_WEIGHTS
+from safeclip_sdk.methods.safe_clip.config import REFERENCE_WEIGHTS
 from safeclip_sdk.sampling import ResumableBatchSampler
 from safeclip_sdk.trainer import Trainer
 
 from synthetic import SyntheticQuadruplets, make_encoder_and_objective, trainer_config
 
-ALL_EIGHT_TERMS = set(SAFE_CLIP_REFERENCE_WEIGHTS)
+ALL_EIGHT_TERMS = set(REFERENCE_WEIGHTS)
 
 
 def _gradients(trainer):

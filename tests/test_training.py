@@ -82,13 +82,14 @@ def test_text_only_data_drops_the_unsafe_image_terms(tiny_model_dir, world, tmp_
 def test_cli_overrides_the_yaml_file_and_saves_the_effective_config(tiny_model_dir, world, tmp_path):
     cfg = _write_yaml(tmp_path / "cfg.yaml", _config(tiny_model_dir, world, tmp_path / "run"))
     outcome = CliRunner().invoke(cli, ["train", "-c", str(cfg), "--lr", "1e-4", "--set", "lora.rank=2",
-                                       "--set", "loss.weights={text_safe_cos: 0.3}", "--lr-schedule", "constant",
+                                       "--set", "safe_clip.weights={text_safe_cos: 0.3}", "--lr-schedule", "constant",
                                        "--warmup-steps", "1"])
     assert outcome.exit_code == 0, outcome.output
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["lr"] == 1e-4 and saved["lora"]["rank"] == 2
     assert saved["lr_schedule"] == "constant" and saved["warmup_steps"] == 1
-    assert saved["loss"]["weights"]["text_safe_cos"] == 0.3 and saved["loss"]["weights"]["image_unsafe_contrastive"] == 0.5
+    assert saved["safe_clip"]["weights"]["text_safe_cos"] == 0.3
+    assert saved["safe_clip"]["weights"]["image_unsafe_contrastive"] == 0.5
     assert "model written to" in outcome.output
 
 
