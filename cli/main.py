@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "demo": "demo",
     "reindex": "reindex",
     "search": "search",
+    "classify": "classify",
 }
 
 

@@ -6,7 +6,10 @@
 >>> image_embeddings = encoder.encode_image(["cat.jpg", open("dog.png", "rb").read()])
 
 Every backend gets the same pixels (``preprocess_image``, equal to open_clip's eval transform) and
-the same token ids (open_clip's tokenizers), and returns L2-normalised float32 rows.
+the same token ids (open_clip's tokenizers), and returns float32 embeddings in the model's space
+(``encoder.space``, read from ``safeclip.json`` or the export manifest): L2-normalised rows for
+cosine models, the space components of Lorentz points for HySAC (the hyperbolic projection runs
+in the torch runtime and inside the exported graphs alike).
 """
 
 from __future__ import annotations
@@ -71,12 +74,14 @@ class Encoder:
     def __init__(self, runtime: _Runtime, *, backend: str, embed_dim: int, image_cfg: dict[str, Any],
                  tokenizer, context_length: int, batch_size: int = 32, providers: list[str] | None = None,
                  num_workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 space: EmbeddingSpace | None = None):
+                 space: EmbeddingSpace | None = None, hysac=None):
         self._runtime = runtime
         self.backend = backend
         self.embed_dim = int(embed_dim)
         # how vectors are compared and stored in a vector database (see safeclip_sdk.spaces)
         self.space = space or cosine_space(self.embed_dim)
+        # HySAC's thresholds and traversal settings (safeclip_sdk.classify.HySACSettings), or None
+        self.hysac = hysac
         self.image_cfg = dict(image_cfg)
         self.tokenizer = tokenizer
         self.context_length = int(context_length)
@@ -130,7 +135,7 @@ class Encoder:
         loaded = runtime.loaded
         return cls(runtime, backend="torch", embed_dim=loaded.model_cfg["embed_dim"],
                    image_cfg=loaded.preprocess_cfg, tokenizer=loaded.tokenizer,
-                   context_length=loaded.context_length, **options)
+                   context_length=loaded.context_length, space=runtime.space, hysac=loaded.hysac, **options)
 
     @classmethod
     def _load_export(cls, folder: Path, backend: str, device: str, precision: str, num_threads: int | None,
@@ -147,23 +152,28 @@ class Encoder:
                                          text.get("tokenizer_kwargs", {}))
         return cls(runtime, backend=backend, embed_dim=manifest.embed_dim, image_cfg=manifest.image,
                    tokenizer=tokenizer, context_length=int(text["context_length"]),
-                   providers=getattr(runtime, "providers", None), **options)
+                   providers=getattr(runtime, "providers", None), space=manifest.space,
+                   hysac=manifest.hysac_settings(folder), **options)
 
     # --- model only: already preprocessed inputs ---
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Embed preprocessed pixels (float32 [B, 3, H, W], as ``preprocess_image`` makes them)."""
-        return _unit_rows(self._runtime.encode_pixels(np.ascontiguousarray(pixels, dtype=np.float32)))
+        return self._finish(self._runtime.encode_pixels(np.ascontiguousarray(pixels, dtype=np.float32)))
 
     def encode_input_ids(self, input_ids: np.ndarray) -> np.ndarray:
         """Embed tokenised texts (int64 [B, context_length])."""
-        return _unit_rows(self._runtime.encode_tokens(np.ascontiguousarray(input_ids, dtype=np.int64)))
+        return self._finish(self._runtime.encode_tokens(np.ascontiguousarray(input_ids, dtype=np.int64)))
+
+    def _finish(self, embeddings: np.ndarray) -> np.ndarray:
+        """float32 rows; unit rows re-normalised (reduced-precision runtimes drift off the sphere)."""
+        return _unit_rows(embeddings) if self.space.normalizes else np.asarray(embeddings, dtype=np.float32)
 
     # --- text ---
 
     def encode_text(self, texts: Sequence[str], *, batch_size: int | None = None,
                     progress: bool = False) -> np.ndarray:
-        """Embed texts: float32 array [N, embed_dim], unit norm.
+        """Embed texts: float32 array [N, embed_dim] in the model's space (unit norm for cosine).
 
         Texts longer than the context length are truncated as open_clip does; one warning per call
         says how many. An empty text raises ``DataError`` naming its index.
@@ -182,7 +192,7 @@ class Encoder:
                 batch = texts[start:start + batch_size]
                 truncated += _count_truncated(self.tokenizer, batch, self.context_length)
                 input_ids = np.asarray(self.tokenizer(batch, context_length=self.context_length), dtype=np.int64)
-                out[start:start + len(batch)] = _unit_rows(self._runtime.encode_tokens(input_ids))
+                out[start:start + len(batch)] = self._finish(self._runtime.encode_tokens(input_ids))
                 bar.update(len(batch))
         if truncated:
             logger.warning("%d text%s longer than %d tokens %s truncated", truncated,
@@ -193,7 +203,7 @@ class Encoder:
 
     def encode_image(self, images: Sequence[ImageInput], *, batch_size: int | None = None,
                      progress: bool = False) -> np.ndarray:
-        """Embed images (paths, encoded bytes or PIL images): float32 array [N, embed_dim], unit norm.
+        """Embed images (paths, encoded bytes or PIL images): float32 array [N, embed_dim] in the model's space.
 
         Raises ``ImageError`` naming the first item that cannot be read.
         """
@@ -226,7 +236,7 @@ class Encoder:
                         pixels.append(result)
                         indices.append(position)
                 if pixels:
-                    chunks.append(_unit_rows(self._runtime.encode_pixels(np.stack(pixels))))
+                    chunks.append(self._finish(self._runtime.encode_pixels(np.stack(pixels))))
                 bar.update(len(positions))
         embeddings = np.concatenate(chunks) if chunks else np.empty((0, self.embed_dim), dtype=np.float32)
         return BatchResult(embeddings, indices, failures)
@@ -243,7 +253,8 @@ class Encoder:
             return ImageError(label, f"cannot preprocess {image.width}x{image.height} image ({error})")
 
     def __repr__(self) -> str:
-        return f"Encoder(backend={self.backend!r}, device={self.device!r}, embed_dim={self.embed_dim})"
+        return (f"Encoder(backend={self.backend!r}, device={self.device!r}, embed_dim={self.embed_dim}, "
+                f"space={self.space.kind!r})")
 
 
 def fastest_backend(path: str | os.PathLike, device: str = "auto") -> str:
@@ -312,20 +323,21 @@ class _TorchRuntime:
         self.loaded = load_model(os.fspath(source), device=self.device)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = self.loaded.model.to(self.dtype).eval()
+        self.space = self.loaded.space
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             batch = torch.from_numpy(pixels).to(self.device, self.dtype)
-            return self.model.encode_image(batch, normalize=True).float().cpu().numpy()
+            return self.space.embed(self.model.encode_image(batch), "image").float().cpu().numpy()
 
     def encode_tokens(self, input_ids: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             batch = torch.from_numpy(input_ids).to(self.device)
-            return self.model.encode_text(batch, normalize=True).float().cpu().numpy()
+            return self.space.embed(self.model.encode_text(batch), "text").float().cpu().numpy()
 
 
 def _gpu_present() -> bool:

@@ -35,6 +35,7 @@ import torch
 
 from ._compat import import_open_clip
 from .errors import ModelLoadError
+from .spaces import EmbeddingSpace, cosine_space, space_from_dict
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -92,6 +93,19 @@ class LoadedModel:
         return open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
 
     @property
+    def space(self) -> EmbeddingSpace:
+        """The embedding space recorded in ``safeclip.json`` (cosine when none is recorded)."""
+        return model_space(self.metadata, self.model_cfg, f"{self.source}/{METADATA_FILE}")
+
+    @property
+    def hysac(self):
+        """HySAC's thresholds and traversal settings (``safeclip.json["hysac"]``), or None."""
+        from .classify import HySACSettings
+
+        block = self.metadata.get("hysac")
+        return None if block is None else HySACSettings.from_dict(block, f"{self.source}/{METADATA_FILE}")
+
+    @property
     def context_length(self) -> int:
         return int(self.model_cfg.get("text_cfg", {}).get("context_length", 77))
 
@@ -133,6 +147,11 @@ def _load_local_dir(path: Path, source: str, device: str | torch.device) -> Load
     metadata_path = path / METADATA_FILE
     metadata = _read_json(metadata_path) if metadata_path.is_file() else {}
     verify_weights(path, metadata)
+    model_space(metadata, config["model_cfg"], str(metadata_path))  # a bad record fails before the weights load
+    if metadata.get("hysac") is not None:
+        from .classify import HySACSettings
+
+        HySACSettings.from_dict(metadata["hysac"], str(metadata_path))
     with weights_errors(weights):
         model = open_clip.create_model(f"local-dir:{path}", device=device, weights_only=True)
     preprocess_cfg = _preprocess_cfg_of(model)
@@ -160,6 +179,18 @@ def verify_weights(folder: Path, metadata: dict[str, Any]) -> None:
     if actual != entry["sha256"]:
         raise ModelLoadError(f"{weights}: sha256 {actual[:12]}... does not match {entry['sha256'][:12]}... recorded "
                              f"in {METADATA_FILE} (the file changed after the folder was saved)")
+
+
+def model_space(metadata: dict[str, Any], model_cfg: dict[str, Any], where: str) -> EmbeddingSpace:
+    """The space of ``metadata["embedding_space"]``; cosine with the config's ``embed_dim`` when absent."""
+    values = metadata.get("embedding_space") if isinstance(metadata, dict) else None
+    if values is None:
+        return cosine_space(int(model_cfg["embed_dim"]))
+    space = space_from_dict(values, where)
+    if space.dim != int(model_cfg["embed_dim"]):
+        raise ModelLoadError(f"{where}: 'embedding_space.dim' is {space.dim} but the model embeds into "
+                             f"{model_cfg['embed_dim']} dimensions")
+    return space
 
 
 _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) "

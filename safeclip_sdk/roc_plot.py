@@ -26,6 +26,17 @@ def draw_roc_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]
     """
     if not curves:
         raise SafeclipError(f"{path}: no ROC curve to draw (no modality has both safe and unsafe items)")
+    image = roc_image(curves, operating_points=operating_points, title=title, size=size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return path
+
+
+def roc_image(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+              operating_points: Mapping[str, tuple[float, float]] | None = None, title: str = "ROC",
+              size: int = 560) -> Image.Image:
+    """The chart :func:`draw_roc_curves` writes, as a PIL image."""
     font = ImageFont.load_default(size=13)
     margin_left, margin_right, margin_top, margin_bottom = 64, 24, 48, 56
     image = Image.new("RGB", (size, size), "white")
@@ -64,8 +75,4 @@ def draw_roc_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]
     ImageDraw.Draw(axis_label).text(((bottom - top) / 2, 8), "true-positive rate (unsafe items flagged)",
                                     fill=INK, font=font, anchor="mm")
     image.paste(axis_label.rotate(90, expand=True), (8, top))
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-    return path
+    return image

@@ -29,3 +29,21 @@ def tiny_model_dir(tmp_path_factory):
 
 
 from tests.conftest_pg import pg_dsn, pg_server  # noqa: E402,F401 - the PostgreSQL fixtures
+
+
+@pytest.fixture(scope="session")
+def hysac_world(tmp_path_factory):
+    """A calibrated HySAC `safeclip-tiny` model folder, its test data and pictures (tests/hysac_world.py)."""
+    from hysac_world import build_world
+
+    return build_world(tmp_path_factory.mktemp("hysac_world"))
+
+
+@pytest.fixture(scope="session")
+def hysac_onnx(hysac_world, tmp_path_factory):
+    """The fp32 ONNX export of the HySAC world's model folder."""
+    from safeclip_sdk.export import export_onnx
+
+    out = tmp_path_factory.mktemp("hysac_onnx")
+    export_onnx(hysac_world["folder"], out)
+    return out

@@ -10,6 +10,8 @@ here. Format version 1::
       "weights_sha256": "...",                    # hash of the exported weights (see weights_sha256)
       "opset": 20,
       "embed_dim": 512,
+      "embedding_space": {"kind": "cosine", "dim": 512},   # or lorentz with curvature and scales
+      "hysac": {...},                             # HySAC models: the model folder's hysac block
       "image": {"input": "pixel_values", "output": "image_embeds",   # float32 [B, 3, H, W] -> [B, D]
                 "size": [224, 224], "mode": "RGB", "mean": [...], "std": [...],
                 "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0},
@@ -34,7 +36,9 @@ here. Format version 1::
                    "device": "NVIDIA H100 80GB HBM3"}       # optional
     }
 
-Both encoders output L2-normalised embeddings. A variant's optional ``session_options`` are
+Both encoders output embeddings in ``embedding_space`` (see ``safeclip_sdk.spaces``): L2-normalised
+rows for ``cosine``, the space components of Lorentz points for ``lorentz`` (the hyperbolic
+projection is part of the graphs); a manifest without the key is cosine. A variant's optional ``session_options`` are
 onnxruntime ``SessionOptions`` its sessions need (the fp16 graphs crash onnxruntime's CPU layout
 optimizer, level ``ORT_ENABLE_ALL``; ``ORT_ENABLE_EXTENDED`` runs them correctly). ``parity``
 entries that could not be measured on the exporting host read ``{"checked": false, "reason": ...}``.
@@ -55,8 +59,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from ..errors import ExportError
+from ..errors import ExportError, ModelLoadError
 from ..models import atomic_write_text, file_sha256
+from ..spaces import EmbeddingSpace, cosine_space, space_from_dict
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "safeclip-onnx"
@@ -78,6 +83,21 @@ class Manifest:
     weights_sha256: str | None = None
     opset: int | None = None
     safeclip_version: str = ""
+    embedding_space: dict[str, Any] | None = None
+    hysac: dict[str, Any] | None = None
+
+    @property
+    def space(self) -> EmbeddingSpace:
+        """The encoders' embedding space (cosine for manifests that record none)."""
+        if self.embedding_space is None:
+            return cosine_space(self.embed_dim)
+        return space_from_dict(self.embedding_space, MANIFEST_NAME)
+
+    def hysac_settings(self, where: str | os.PathLike = MANIFEST_NAME):
+        """HySAC's thresholds and traversal settings (``safeclip_sdk.classify.HySACSettings``), or None."""
+        from ..classify import HySACSettings
+
+        return None if self.hysac is None else HySACSettings.from_dict(self.hysac, f"{where}/{MANIFEST_NAME}")
 
     def files(self) -> list[str]:
         """Every file the manifest references (names relative to the export folder)."""
@@ -94,10 +114,13 @@ class Manifest:
             "weights_sha256": self.weights_sha256,
             "opset": self.opset,
             "embed_dim": self.embed_dim,
+            "embedding_space": self.embedding_space or cosine_space(self.embed_dim).to_dict(),
             "image": self.image,
             "text": self.text,
             "variants": self.variants,
         }
+        if self.hysac is not None:
+            data["hysac"] = self.hysac
         if self.tensorrt:
             data["tensorrt"] = self.tensorrt
         return data
@@ -122,6 +145,8 @@ class Manifest:
             weights_sha256=data.get("weights_sha256"),
             opset=data.get("opset"),
             safeclip_version=data.get("safeclip_version", ""),
+            embedding_space=data.get("embedding_space"),
+            hysac=data.get("hysac"),
         )
 
     def save(self, out_dir: str | os.PathLike) -> Path:
@@ -230,6 +255,17 @@ def _validate(data: dict[str, Any], where: str) -> None:
     check("opset", _is_positive_int, "a positive integer or null", nullable=True)
     check("variants", lambda v: _is_dict(v) and v, "an object with at least one variant (fp32, fp16, int8)")
     check("tensorrt", _is_dict, "an object", optional=True)
+    check("hysac", _is_dict, "an object", optional=True)
+    try:
+        space = space_from_dict(data.get("embedding_space", {"dim": data["embed_dim"]}), where)
+        if data.get("hysac") is not None:
+            from ..classify import HySACSettings
+
+            HySACSettings.from_dict(data["hysac"], where)
+    except ModelLoadError as error:
+        raise ExportError(str(error)) from None
+    if space.dim != data["embed_dim"]:
+        raise ExportError(f"{where}: 'embedding_space.dim' is {space.dim} but 'embed_dim' is {data['embed_dim']}")
     sections = [f"variants.{name}" for name in data["variants"]] + (["tensorrt"] if data.get("tensorrt") else [])
     for section in sections:
         check(section, _is_dict, "an object")

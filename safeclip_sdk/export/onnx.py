@@ -5,9 +5,11 @@
 ...             eval_data="data/test.jsonl")
 
 ``image_encoder.onnx`` maps ``pixel_values`` float32 [B, 3, H, W] to ``image_embeds`` [B, D] and
-``text_encoder.onnx`` maps ``input_ids`` int64 [B, L] to ``text_embeds`` [B, D]; both outputs
-are L2-normalised and the batch axis is dynamic. ``manifest.json`` (see ``manifest.py``) holds
-the preprocessing, the tokenizer, file hashes and every check's numbers.
+``text_encoder.onnx`` maps ``input_ids`` int64 [B, L] to ``text_embeds`` [B, D]; both output
+embeddings in the model's space (L2-normalised rows for cosine models; for HySAC the hyperbolic
+projection ``exp_map0(scale * f)`` is part of the graph and the outputs are the space components
+of Lorentz points) and the batch axis is dynamic. ``manifest.json`` (see ``manifest.py``) holds
+the preprocessing, the tokenizer, the embedding space, file hashes and every check's numbers.
 
 Every file is written under a temporary name and renamed only once it passes its checks, run
 with onnxruntime on CPU against the torch model in fp32 on generated inputs (random pixels,
@@ -18,6 +20,10 @@ tokenized random captions; batch ``parity_batch`` and batch 1):
 - int8 (onnxruntime dynamic quantisation of the MatMul/Gemm weights): cosine >= 0.99 and, with
   ``eval_data``, R@1 (T->V, V->T, and T*->V+V* when the data has unsafe images) within 1 point
   of the fp32 ONNX encoders. A failing int8 variant is deleted and ExportError says why.
+
+In a Lorentz space the cosine of the space components checks each point's direction, and the
+geodesic distance from the origin (its unsafe score) must also agree: relative error at most
+``10 * (1 - min_cosine)`` (1e-3 for fp32).
 
 Exporting into a folder that already holds an export of the same weights keeps its encoders and
 adds the requested variants; an export of other weights is replaced as a whole.
@@ -46,6 +52,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..errors import ExportError
 from ..models import LoadedModel, load_model
+from ..spaces import EmbeddingSpace
 from .manifest import MANIFEST_NAME, Manifest, file_entry, load_manifest
 
 if TYPE_CHECKING:
@@ -86,25 +93,31 @@ TOWERS = (IMAGE, TEXT)
 
 
 class ImageEncoder(nn.Module):
-    """``pixel_values`` [B, 3, H, W] -> L2-normalised image embeddings [B, D]."""
+    """``pixel_values`` [B, 3, H, W] -> image embeddings [B, D] in ``space`` (default: unit rows)."""
 
-    def __init__(self, clip: nn.Module):
+    def __init__(self, clip: nn.Module, space: EmbeddingSpace | None = None):
         super().__init__()
         self.clip = clip
+        self.space = space
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_image(pixel_values, normalize=True)
+        if self.space is None or self.space.normalizes:
+            return self.clip.encode_image(pixel_values, normalize=True)
+        return self.space.embed(self.clip.encode_image(pixel_values), "image")
 
 
 class TextEncoder(nn.Module):
-    """``input_ids`` [B, L] -> L2-normalised text embeddings [B, D]."""
+    """``input_ids`` [B, L] -> text embeddings [B, D] in ``space`` (default: unit rows)."""
 
-    def __init__(self, clip: nn.Module):
+    def __init__(self, clip: nn.Module, space: EmbeddingSpace | None = None):
         super().__init__()
         self.clip = clip
+        self.space = space
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_text(input_ids, normalize=True)
+        if self.space is None or self.space.normalizes:
+            return self.clip.encode_text(input_ids, normalize=True)
+        return self.space.embed(self.clip.encode_text(input_ids), "text")
 
 
 @dataclass
@@ -113,6 +126,7 @@ class ParityInputs:
 
     inputs: dict[str, list[np.ndarray]]  # tower name -> batches
     expected: dict[str, list[np.ndarray]]
+    space: EmbeddingSpace | None = None
 
     def example(self, tower: Tower) -> torch.Tensor:
         """A batch of ``_TRACE_BATCH`` inputs to trace the export with."""
@@ -234,12 +248,13 @@ def parity_inputs(loaded: LoadedModel, network: nn.Module, batch_size: int, seed
     captions = [[" ".join(words.choices(_CAPTION_WORDS, k=words.randint(2, 12))) for _ in range(size)]
                 for size in sizes]
     tokens = [loaded.tokenizer(batch).long() for batch in captions]
-    image_encoder, text_encoder = ImageEncoder(network), TextEncoder(network)
+    space = loaded.space
+    image_encoder, text_encoder = ImageEncoder(network, space), TextEncoder(network, space)
     with torch.no_grad():
         expected = {IMAGE.name: [image_encoder(batch).float().numpy() for batch in pixels],
                     TEXT.name: [text_encoder(batch).float().numpy() for batch in tokens]}
     return ParityInputs({IMAGE.name: [batch.numpy() for batch in pixels],
-                         TEXT.name: [batch.numpy() for batch in tokens]}, expected)
+                         TEXT.name: [batch.numpy() for batch in tokens]}, expected, space)
 
 
 def image_size_hw(size: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
@@ -321,12 +336,13 @@ def _describe(loaded: LoadedModel, source: str, weights: str, parity: ParityInpu
         text["tokenizer_kwargs"] = text_cfg["tokenizer_kwargs"]
     return Manifest(source_model=source, embed_dim=int(parity.expected[IMAGE.name][0].shape[1]), image=image,
                     text=text, method=loaded.metadata.get("method"), weights_sha256=weights,
-                    safeclip_version=__version__)
+                    safeclip_version=__version__, embedding_space=loaded.space.to_dict(),
+                    hysac=loaded.metadata.get("hysac"))
 
 
 def _export_fp32(network: nn.Module, out: Path, parity: ParityInputs, opset: int | None) -> tuple[dict, int]:
     """Export both towers with torch's dynamo exporter; returns (variant entry, opset used)."""
-    wrappers = {IMAGE: ImageEncoder(network).eval(), TEXT: TextEncoder(network).eval()}
+    wrappers = {IMAGE: ImageEncoder(network, parity.space).eval(), TEXT: TextEncoder(network, parity.space).eval()}
     opsets: list[int] = []
 
     def build(tower: Tower, path: Path) -> None:
@@ -422,6 +438,18 @@ def _check_parity(path: Path, tower: Tower, variant: str, parity: ParityInputs, 
     if not result["min_cosine"] >= min_cosine:  # also catches NaN
         raise ExportError(f"{name}: parity check failed: an embedding has cosine {result['min_cosine']:.6f} with "
                           f"torch fp32, below the required {min_cosine}")
+    space = parity.space
+    if space is not None and space.has_unsafe_score:
+        allowed = round(10.0 * (1.0 - min_cosine), 9)
+        errors = [np.abs(space.unsafe_score(actual) - space.unsafe_score(expected))
+                  / np.maximum(space.unsafe_score(expected), 1e-6)
+                  for actual, expected in zip(outputs, parity.expected[tower.name])]
+        result["max_origin_distance_rel_error"] = float(np.max(np.concatenate(errors)))
+        result["max_origin_distance_rel_error_allowed"] = allowed
+        if not result["max_origin_distance_rel_error"] <= allowed:
+            raise ExportError(f"{name}: parity check failed: a point's distance from the origin differs from torch "
+                              f"fp32 by {result['max_origin_distance_rel_error']:.2e} (relative), above the allowed "
+                              f"{allowed:.0e}")
     logger.info("%s: min cosine %.6f, max abs diff %.2e vs torch fp32", name, result["min_cosine"], max_abs_diff)
     return result
 
@@ -484,7 +512,7 @@ def _retrieval_check(loaded: LoadedModel, eval_data: str | os.PathLike, image_ro
     directions = [TEXT_TO_IMAGE, IMAGE_TO_TEXT]
     if embeddings["fp32"].unsafe_image is not None:
         directions.append(UNSAFE_TEXT_TO_ALL_IMAGES)
-    r1 = {variant: {direction: metrics["R@1"] for direction, metrics in retrieval_metrics(emb, ks=(1,)).items()
+    r1 = {variant: {direction: metrics["R@1"] for direction, metrics in retrieval_metrics(emb, ks=(1,), similarity=loaded.space.similarity).items()
                     if direction in directions}
           for variant, emb in embeddings.items()}
     for direction in directions:

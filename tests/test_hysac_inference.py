@@ -1,0 +1,93 @@
+"""A HySAC model folder through loading, the Encoder (torch and ONNX) and the export manifest."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.errors import ExportError, ModelLoadError
+from safeclip_sdk.export.manifest import MANIFEST_NAME, load_manifest
+from safeclip_sdk.methods.hysac import lorentz as L
+from safeclip_sdk.models import load_model
+from safeclip_sdk.spaces import LORENTZ, LorentzSpace
+
+from hysac_world import CURVATURE, SPACE, TEXT_SCALE
+
+TEXTS = ["a dog on the beach", "two people walking in the snow at night", "a red car"]
+
+
+def test_the_space_travels_with_the_model_folder(hysac_world, tiny_model_dir):
+    loaded = load_model(str(hysac_world["folder"]))
+    assert isinstance(loaded.space, LorentzSpace) and loaded.space.to_dict() == SPACE
+    assert loaded.hysac.threshold == hysac_world["hysac"]["calibration"]["threshold"]
+    assert loaded.hysac.threshold_for("text") == hysac_world["hysac"]["calibration_modality"]["text"]["threshold"]
+    # a folder that records no space is cosine with the model's embedding size
+    plain = load_model(str(tiny_model_dir))
+    assert plain.space.to_dict() == {"kind": "cosine", "dim": 64} and plain.hysac is None
+
+
+def test_torch_encoder_returns_lorentz_points_of_the_projection(hysac_world):
+    encoder = Encoder.load(hysac_world["folder"], backend="torch", device="cpu")
+    assert encoder.space.kind == LORENTZ and encoder.hysac is not None
+    points = encoder.encode_text(TEXTS)
+    loaded = load_model(str(hysac_world["folder"]))
+    with torch.no_grad():
+        features = loaded.model.encode_text(loaded.tokenizer(TEXTS))  # raw projection outputs
+    np.testing.assert_allclose(points, L.exp_map0(TEXT_SCALE * features, CURVATURE).numpy(), rtol=1e-5, atol=1e-6)
+    # not unit rows: the distance from the origin is |scale * f|
+    np.testing.assert_allclose(encoder.space.unsafe_score(points), TEXT_SCALE * features.norm(dim=1).numpy(),
+                               rtol=1e-5)
+    images = encoder.encode_image(hysac_world["safe_images"][:2])
+    assert images.shape == (2, 64) and not np.allclose(np.linalg.norm(images, axis=1), 1.0)
+
+
+def test_onnx_export_holds_the_projection_and_agrees_with_torch(hysac_world, hysac_onnx):
+    manifest = load_manifest(hysac_onnx)
+    assert manifest.embedding_space == SPACE and manifest.space.to_dict() == SPACE
+    assert manifest.hysac == hysac_world["hysac"]
+    for tower in ("image", "text"):
+        parity = manifest.variants["fp32"]["parity"][tower]
+        assert parity["min_cosine"] >= 0.9999
+        assert parity["max_origin_distance_rel_error"] <= parity["max_origin_distance_rel_error_allowed"] == 1e-3
+    graph = onnx.load(str(hysac_onnx / "text_encoder.onnx")).graph
+    assert "Sinh" in {node.op_type for node in graph.node}  # exp_map0 runs inside the exported graph
+
+    torch_encoder = Encoder.load(hysac_world["folder"], backend="torch", device="cpu")
+    onnx_encoder = Encoder.load(hysac_onnx, backend="onnx", device="cpu")
+    assert onnx_encoder.space == torch_encoder.space and onnx_encoder.hysac == torch_encoder.hysac
+    images = hysac_world["safe_images"] + hysac_world["unsafe_images"]
+    for expected, actual in ((torch_encoder.encode_text(TEXTS), onnx_encoder.encode_text(TEXTS)),
+                             (torch_encoder.encode_image(images), onnx_encoder.encode_image(images))):
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(onnx_encoder.space.unsafe_score(actual), torch_encoder.space.unsafe_score(expected),
+                                   rtol=1e-4)
+        assert not np.allclose(np.linalg.norm(actual, axis=1), 1.0)
+
+
+def test_manifest_space_is_validated_on_load(hysac_onnx, tmp_path):
+    copy = tmp_path / "export"
+    shutil.copytree(hysac_onnx, copy)
+    data = json.loads((copy / MANIFEST_NAME).read_text())
+    for change, message in ((lambda d: d["embedding_space"].update(curvature=0), "'embedding_space.curvature'"),
+                            (lambda d: d["embedding_space"].update(dim=32), "'embedding_space.dim' is 32"),
+                            (lambda d: d["hysac"]["calibration"].update(threshold="high"), "'hysac.calibration'")):
+        broken = json.loads(json.dumps(data))
+        change(broken)
+        (copy / MANIFEST_NAME).write_text(json.dumps(broken))
+        with pytest.raises(ExportError, match=message) as error:
+            Encoder.load(copy, backend="onnx")
+        assert "\n" not in str(error.value)
+
+
+def test_model_folder_with_a_bad_space_fails_before_loading_weights(hysac_world, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(hysac_world["folder"], copy)
+    metadata = json.loads((copy / "safeclip.json").read_text())
+    metadata["embedding_space"]["image_scale"] = -1
+    (copy / "safeclip.json").write_text(json.dumps(metadata))
+    with pytest.raises(ModelLoadError, match="'embedding_space.image_scale' must be a positive number, got -1"):
+        load_model(str(copy))
