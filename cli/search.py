@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import click
 
+from safeclip_sdk.integrations import PG_DSN_ENV as DSN_ENV
 from safeclip_sdk.search import MODES, THRESHOLD, search
+
+DSN_FROM_ENV = "from-environment"
 
 
 @click.command("search")
-@click.option("--qdrant", "target", required=True, metavar="TARGET",
+@click.option("--qdrant", default=None, metavar="TARGET",
               help="A local folder (embedded Qdrant), or a server URL such as https://host:6333 "
                    "(API key from QDRANT_API_KEY).")
+@click.option("--pgvector", default=None, is_flag=False, flag_value=DSN_FROM_ENV, metavar="DSN",
+              help="Instead of --qdrant: PostgreSQL with pgvector, postgresql://user@host:5432/db. No password "
+                   f"here: it comes from PGPASSWORD or ~/.pgpass; or give --pgvector alone to use {DSN_ENV}.")
 @click.option("--collection", required=True, help="The collection or alias to search.")
 @click.option("--model", default=None,
               help="The safe model: a model folder or an ONNX export. Default: the model the collection "
@@ -33,10 +41,11 @@ from safeclip_sdk.search import MODES, THRESHOLD, search
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="Seconds a server request may take.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def command(target: str, collection: str, model: str | None, text: str | None, image: Path | None, limit: int,
+def command(qdrant: str | None, pgvector: str | None, collection: str, model: str | None, text: str | None, image: Path | None, limit: int,
             mode: str | None, vector: str | None, max_score: str | None, fields: tuple[str, ...], timeout: float,
             as_json: bool) -> None:
     """Search COLLECTION with a text (--text) or an image (--image) embedded by the safe model."""
+    target = store_target(qdrant, pgvector)
     if (text is None) == (image is None):
         raise click.UsageError("give exactly one query: --text or --image")
     if max_score not in (None, THRESHOLD):
@@ -54,6 +63,36 @@ def command(target: str, collection: str, model: str | None, text: str | None, i
                f"(mode {results.mode}, vector '{results.vector}')")
     if results:
         click.echo(format_table(results, fields))
+
+
+def store_target(qdrant: str | None, pgvector: str | None) -> str:
+    """The store a command names with exactly one of ``--qdrant`` and ``--pgvector``.
+
+    A PostgreSQL password on the command line would show in process lists and shell history, so
+    it is refused there; ``--pgvector`` alone reads the whole connection string from SAFECLIP_PG_DSN.
+    """
+    if (qdrant is None) == (pgvector is None):
+        raise click.UsageError("name the store with exactly one of --qdrant TARGET and --pgvector DSN")
+    if qdrant is not None:
+        return qdrant
+    if pgvector == DSN_FROM_ENV:
+        dsn = os.environ.get(DSN_ENV)
+        if not dsn:
+            raise click.BadParameter(f"given without a value, it reads {DSN_ENV}, which is not set",
+                                     param_hint="--pgvector")
+        return dsn
+    if not pgvector.startswith(("postgresql://", "postgres://")):
+        raise click.BadParameter("expected postgresql://user@host:5432/db", param_hint="--pgvector")
+    try:
+        parts = urlsplit(pgvector)
+        has_password = parts.password is not None or "password" in parse_qs(parts.query)
+    except ValueError:  # the store says what is wrong with it
+        has_password = False
+    if has_password:
+        raise click.BadParameter(f"a password on the command line is refused (process lists, shell history): use "
+                                 f"PGPASSWORD, ~/.pgpass, or the whole DSN in {DSN_ENV} with --pgvector alone",
+                                 param_hint="--pgvector")
+    return pgvector
 
 
 def format_table(results, fields: tuple[str, ...] = (), max_fields: int = 3, width: int = 40) -> str:

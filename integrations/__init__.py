@@ -15,7 +15,10 @@ from .base import (DEFAULT_VECTOR, Hit, MissingCollectionError, Point, Range, St
                    VectorStore)
 from .retry import RetryPolicy
 
-__all__ = ["open_store", "VectorStore", "VectorSpec", "Point", "Hit", "Range", "StoreError",
+#: the environment variable that may hold a whole PostgreSQL connection string (password included)
+PG_DSN_ENV = "SAFECLIP_PG_DSN"
+
+__all__ = ["open_store", "PG_DSN_ENV", "VectorStore", "VectorSpec", "Point", "Hit", "Range", "StoreError",
            "MissingCollectionError", "RetryPolicy", "DEFAULT_VECTOR"]
 
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import PG_DSN_ENV as DSN_ENV
 from . import pgvector_schema as schema
 from .base import (DEFAULT_VECTOR, Hit, MissingCollectionError, Point, PointId, Range, StoreError, VectorSpec,
                    VectorStore)
@@ -43,7 +44,6 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
-DSN_ENV = "SAFECLIP_PG_DSN"
 STATE_TABLE = "safeclip_state"
 SCHEMES = ("postgresql://", "postgres://")
 
