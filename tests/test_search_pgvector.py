@@ -70,4 +70,4 @@ def test_cli_store_options_are_checked(store, tmp_path, pg_dsn, monkeypatch):
     missing = runner.invoke(cli, ["search", "--pgvector", pg_dsn, *query])
     assert missing.exit_code == 1
     assert missing.output.strip().splitlines() == [
-        f"Error: {open_store(pg_dsn).name}: no collection or alias 'photos'"]
+        f"Error: {store.name}: no collection or alias 'photos'"]
