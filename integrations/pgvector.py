@@ -35,6 +35,7 @@ try:
     from pgvector import HalfVector
     from pgvector.psycopg import register_vector
     from psycopg import errors, sql
+    from psycopg.adapt import PyFormat
     from psycopg.conninfo import conninfo_to_dict
     from psycopg.types.json import Jsonb
 except ImportError as error:  # pragma: no cover - depends on the installed extras
@@ -214,7 +215,7 @@ class PgVectorStore(VectorStore):
             names = _selected(_specs(conn, _table(conn, collection)), with_vectors)
             query = sql.SQL("SELECT id, {}, {} FROM {} WHERE id >= %s ORDER BY id LIMIT %s").format(
                 sql.SQL("payload" if with_payload else "NULL"), _vector_list(names), sql.Identifier(collection))
-            return names, conn.execute(query, [lower, limit + 1]).fetchall()
+            return names, conn.execute(query, [lower, limit + 1], binary=True).fetchall()
 
         names, rows = self._call("scroll", collection, read)
         points = [schema.row_to_point(row, names) for row in rows[:limit]]
@@ -230,7 +231,7 @@ class PgVectorStore(VectorStore):
             names = _selected(_specs(conn, _table(conn, collection)), with_vectors)
             query = sql.SQL("SELECT id, payload, {} FROM {} WHERE id = ANY(%s)").format(
                 _vector_list(names), sql.Identifier(collection))
-            return names, conn.execute(query, [keys]).fetchall()
+            return names, conn.execute(query, [keys], binary=True).fetchall()
 
         names, rows = self._call("retrieve", collection, read)
         return [schema.row_to_point(row, names) for row in rows]
@@ -245,10 +246,10 @@ class PgVectorStore(VectorStore):
             specs = _specs(conn, _table(conn, collection))
             rows = [_row(point, specs, self.name, collection) for point in points]
             columns = [sql.Identifier(schema.vector_column(n)) for n in specs]
-            statement = sql.SQL("INSERT INTO {} (id, payload, {}) VALUES (%s, %s, {}) ON CONFLICT (id) DO UPDATE "
+            statement = sql.SQL("INSERT INTO {} (id, payload, {}) VALUES (%b, %b, {}) ON CONFLICT (id) DO UPDATE "
                                 "SET payload = EXCLUDED.payload, {}").format(
                 sql.Identifier(collection), sql.SQL(", ").join(columns),
-                sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+                sql.SQL(", ").join(sql.Placeholder(format=PyFormat.BINARY) * len(columns)),
                 sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in columns))
             with conn.transaction(), conn.cursor() as cursor:
                 cursor.executemany(statement, rows)
