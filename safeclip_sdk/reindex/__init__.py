@@ -110,6 +110,8 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             job, adopted = st.read_job(store, collection), True
         if is_active(job):
             check_resumable(job, settings, probe)
+            logger.info("resuming the unfinished reindex of '%s' into %s (phase %s)", collection,
+                        job["plan"]["target"], job["phase"])
             job["plan"]["batch_size"] = batch_size
         else:
             history = (job or {}).get("history", [])

@@ -167,6 +167,7 @@ class Job:
                 # the one moment of the adoption where the name resolves to nothing (docs/reindex.md)
                 store.drop_collection(plan.alias)
             store.switch_alias(plan.alias, plan.target)
+            logger.info("'%s' now points at %s", plan.alias, plan.target)
         st.record_history(self.job, "adopt" if plan.adopt else "reindex", plan.target,
                           None if plan.adopt else plan.source)
 
