@@ -21,7 +21,7 @@ from safeclip_sdk.methods.hysac.traversal import class_distance_stats
 from safeclip_sdk.models import load_model, save_model_dir
 
 CURVATURE = 1.3
-TEXT_SCALE = 0.125
+TEXT_SCALE = 0.21
 IMAGE_SCALE = 0.2
 SPACE = {"kind": "lorentz", "dim": 64, "curvature": CURVATURE, "text_scale": TEXT_SCALE, "image_scale": IMAGE_SCALE}
 NUM_QUADRUPLETS = 8

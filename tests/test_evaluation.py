@@ -244,3 +244,78 @@ def test_model_names_widen_only_where_folder_names_collide(tmp_path):
     sources = (str(tmp_path / "run-a" / "model"), str(tmp_path / "run-b" / "model"), "ViT-B-32")
     assert model_names(sources, taken={"base"}) == ["run-a/model", "run-b/model", "ViT-B-32"]
     assert model_names((str(tmp_path / "run-a"),), taken=set()) == ["run-a"]
+
+
+def test_cosine_and_lorentz_models_side_by_side_with_traversal_on_and_off(hysac_world, tiny_model):
+    from safeclip_sdk.data import load_dataset
+    from safeclip_sdk.encoder import Encoder
+    from safeclip_sdk.methods.hysac import lorentz as L
+    from safeclip_sdk.methods.hysac.traversal import traverse
+    from safeclip_sdk.moderation import roc_auc, threshold_metrics
+
+    world, data = hysac_world, load_dataset(hysac_world["data"])
+    report = evaluate({"clip": tiny_model, "hysac": str(world["folder"])}, data, batch_size=4)
+    assert list(report.results) == ["clip", "hysac", "hysac (no traversal)"]
+    assert report.results["clip"]["classification"] is None and report.results["clip"]["traversal"] is None
+
+    hysac = load_model(str(world["folder"]))
+    space = hysac.space
+    emb = encode_quadruplets(hysac, data.items, batch_size=4)
+    encoder = Encoder.load(world["folder"], backend="torch", device="cpu")
+    # Lorentz points, as the Encoder makes them, not unit rows
+    np.testing.assert_allclose(emb.unsafe_text, encoder.encode_text(world["unsafe_texts"]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.linalg.norm(emb.safe_image, axis=1), 1.0)
+
+    off = report.results["hysac (no traversal)"]
+    assert off["traversal"] is False
+    assert off["retrieval"] == retrieval_metrics(emb, similarity=space.similarity)
+
+    # traversal on: text queries beyond the safe images' 95th percentile move to exactly that distance
+    stats = world["hysac"]["distance_stats"]
+    tau_text, tau_image = stats["image_safe"]["p95"], stats["text_safe"]["p95"]
+    texts = np.concatenate([emb.safe_text, emb.unsafe_text])
+    moved_text, moved = traverse(torch.from_numpy(texts.astype(np.float64)), space.curvature, tau_text)
+    moved_text, moved = moved_text.numpy(), moved.numpy()
+    assert moved.any() and not moved.all()
+    np.testing.assert_array_equal(moved, space.unsafe_score(texts) > tau_text)
+    np.testing.assert_allclose(space.unsafe_score(moved_text[moved]), tau_text, rtol=1e-9)
+    np.testing.assert_array_equal(moved_text[~moved], texts[~moved])
+    # a moved query keeps its direction from the origin
+    cosines = (L.log_map0(torch.from_numpy(moved_text[moved]), space.curvature).numpy() * texts[moved]).sum(axis=1)
+    np.testing.assert_allclose(cosines / np.linalg.norm(texts[moved], axis=1)
+                               / space.unsafe_score(moved_text[moved]), 1.0, rtol=1e-6)
+    move = lambda points, tau: traverse(torch.from_numpy(points.astype(np.float64)),  # noqa: E731
+                                        space.curvature, tau)[0].numpy().astype(np.float32)
+    queries = EmbeddingSet(move(emb.safe_text, tau_text), move(emb.unsafe_text, tau_text),
+                           move(emb.safe_image, tau_image), move(emb.unsafe_image, tau_image))
+    on = report.results["hysac"]
+    assert on["traversal"] is True
+    assert on["retrieval"] == retrieval_metrics(emb, similarity=space.similarity, queries=queries)
+
+    # classification at the stored per-modality thresholds, on the test split
+    for modality, (safe, unsafe) in {"text": (emb.safe_text, emb.unsafe_text),
+                                     "image": (emb.safe_image, emb.unsafe_image)}.items():
+        threshold = world["hysac"]["calibration_modality"][modality]["threshold"]
+        safe_scores, unsafe_scores = space.unsafe_score(safe), space.unsafe_score(unsafe)
+        expected = {"auc": round(roc_auc(safe_scores, unsafe_scores), 6), "threshold": threshold,
+                    **threshold_metrics(safe_scores, unsafe_scores, threshold).to_dict()}
+        assert on["classification"][modality] == off["classification"][modality] == expected
+    assert on["classification"]["text"]["accuracy"] == 100.0  # the world is split at the calibrated distance
+    assert set(on["leak"]) == {"T->V+V*", "V->T+T*"} and report.results["clip"]["leak"] is not None
+
+    markdown = report.to_markdown()
+    assert "| hysac (no traversal) |" in markdown and "safe-query leak `T->V+V*` ↓" in markdown
+    assert "| hysac | texts | " in markdown and "| clip | texts |" not in markdown
+    assert EvalReport.from_json(report.to_json()) == report
+
+
+def test_cli_evaluates_a_hysac_folder_beside_a_cosine_one(hysac_world, tiny_model_dir, tmp_path):
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["eval", str(hysac_world["folder"]), str(tiny_model_dir), "--data",
+                                      str(hysac_world["data"]), "--device", "cpu", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    table = [line.split(" | ")[0] for line in result.output.splitlines() if line.startswith("| ")]
+    assert table[:5] == ["| model", "| base", "| hysac", "| hysac (no traversal)", f"| {tiny_model_dir.name}"]
+    saved = json.loads(out.read_text())
+    assert saved["results"]["hysac"]["space"]["kind"] == "lorentz"
+    assert saved["results"]["base"]["space"] == {"kind": "cosine", "dim": 64}
