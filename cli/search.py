@@ -40,10 +40,13 @@ DSN_FROM_ENV = "from-environment"
               help="Payload fields to show in the table (repeatable). Default: the first few.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="Seconds a server request may take.")
+@click.option("--no-traversal", is_flag=True,
+              help="HySAC models: search with the query as it is, without moving it back to the safe region "
+                   "(to review unsafe results).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def command(qdrant: str | None, pgvector: str | None, collection: str, model: str | None, text: str | None, image: Path | None, limit: int,
             mode: str | None, vector: str | None, max_score: str | None, fields: tuple[str, ...], timeout: float,
-            as_json: bool) -> None:
+            no_traversal: bool, as_json: bool) -> None:
     """Search COLLECTION with a text (--text) or an image (--image) embedded by the safe model."""
     target = store_target(qdrant, pgvector)
     if (text is None) == (image is None):
@@ -54,7 +57,7 @@ def command(qdrant: str | None, pgvector: str | None, collection: str, model: st
         except ValueError:
             raise click.BadParameter(f"expected a number or '{THRESHOLD}'", param_hint="--max-score") from None
     results = search(target, collection, text if text is not None else image, model=model, limit=limit, mode=mode,
-                     vector=vector, max_score=max_score, timeout=timeout)
+                     vector=vector, max_score=max_score, timeout=timeout, traversal=not no_traversal)
     if as_json:
         click.echo(json.dumps({"collection": results.collection, "mode": results.mode, "vector": results.vector,
                                "results": [r.to_dict() for r in results]}, indent=2, default=str))

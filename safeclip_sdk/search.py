@@ -13,6 +13,11 @@ Two ways to use a safe model against a collection:
 :class:`SafeSearch` reads it (through the alias) to choose the default mode, the vector to search
 and, for a side-by-side collection, the payload field holding each item's moderation score that
 ``max_score`` filters on.
+
+With a HySAC model (a Lorentz embedding space) every query first goes through the model's safety
+traversal: a query lying beyond the safe region is moved back along its own geodesic to the safe
+boundary, so an unsafe query finds safe results. ``traversal=False`` (``--no-traversal``) searches
+with the query as it is, for a moderation team that needs to see the unsafe results.
 """
 
 from __future__ import annotations
@@ -101,12 +106,18 @@ class SafeSearch:
             ``query-side`` for a collection safeclip did not build).
         vector: the ORIGINAL vector to search (or its safe vector's name); needed only when the
             collection has several.
+        traversal: move HySAC queries back to the safe region before searching (default); False
+            searches with them as they are. Models without a traversal ignore it.
     """
 
     def __init__(self, store: VectorStore, collection: str, encoder, *, mode: str | None = None,
-                 vector: str | None = None):
+                 vector: str | None = None, traversal: bool = True):
         if mode is not None and mode not in MODES:
             raise SearchError(f"unknown search mode '{mode}' (choose from {', '.join(MODES)})")
+        self.traversal = traversal and encoder.space.has_unsafe_score
+        if self.traversal and getattr(encoder, "hysac", None) is None:
+            raise SearchError(f"the model embeds into the {encoder.space.kind} space but records no traversal "
+                              f"settings (no 'hysac' block): search with traversal=False (--no-traversal)")
         self.store = store
         self.collection = collection
         self.encoder = encoder
@@ -186,12 +197,14 @@ class SafeSearch:
         if isinstance(query, str):
             if not query.strip():
                 raise SearchError("the text query is empty")
-            embedding = self.encoder.encode_text([query])
+            embedding, modality = self.encoder.encode_text([query]), "text"
         elif isinstance(query, (os.PathLike, bytes, bytearray, memoryview, Image.Image)):
-            embedding = self.encoder.encode_image([query])
+            embedding, modality = self.encoder.encode_image([query]), "image"
         else:
             raise SearchError(f"a query is a text (str) or an image (a Path, bytes or a PIL image), "
                               f"not {type(query).__name__}")
+        if self.traversal:
+            embedding = self.encoder.hysac.traverse(embedding, modality, self.encoder.space.curvature)
         return self.encoder.space.to_query(embedding)[0]
 
     def search(self, query, *, limit: int = 10, max_score: float | str | None = None) -> SearchResults:
@@ -232,7 +245,8 @@ class SafeSearch:
 
 def search(store_or_target: VectorStore | str | os.PathLike, collection: str, query, *,
            model: str | os.PathLike | None = None, encoder=None, limit: int = 10, mode: str | None = None,
-           vector: str | None = None, max_score: float | str | None = None, timeout: float = 10.0) -> SearchResults:
+           vector: str | None = None, max_score: float | str | None = None, timeout: float = 10.0,
+           traversal: bool = True) -> SearchResults:
     """Search ``collection`` safely with a text or image ``query``; returns the top ``limit``.
 
     Args:
@@ -248,13 +262,15 @@ def search(store_or_target: VectorStore | str | os.PathLike, collection: str, qu
         vector: which vector to search when the collection has several.
         max_score: keep only points whose moderation score is below this (or ``"threshold"``).
         timeout: seconds a server request may take (when ``store_or_target`` is a URL).
+        traversal: with a HySAC model, move unsafe queries back to the safe region first
+            (default); False searches with the query as it is.
     """
     store = open_store(store_or_target, timeout=timeout)
     try:
         physical_collection(store, collection)  # a wrong name fails before a model is loaded
         if encoder is None:
             encoder = _load_encoder(store, collection, model)
-        searcher = SafeSearch(store, collection, encoder, mode=mode, vector=vector)
+        searcher = SafeSearch(store, collection, encoder, mode=mode, vector=vector, traversal=traversal)
         return searcher.search(query, limit=limit, max_score=max_score)
     finally:
         if store is not store_or_target:

@@ -91,3 +91,70 @@ def test_model_folder_with_a_bad_space_fails_before_loading_weights(hysac_world,
     (copy / "safeclip.json").write_text(json.dumps(metadata))
     with pytest.raises(ModelLoadError, match="'embedding_space.image_scale' must be a positive number, got -1"):
         load_model(str(copy))
+
+
+def _gallery(store, encoder, images):
+    from safeclip_sdk.integrations.base import Point, VectorSpec
+
+    space = encoder.space
+    store.create_collection("gallery", {"image": VectorSpec(space.stored_dim, space.distance)})
+    vectors = space.to_stored(encoder.encode_image(images))
+    store.upsert("gallery", [Point(i, {"file": path.name}, {"image": vectors[i]}) for i, path in enumerate(images)])
+
+
+def test_search_moves_hysac_queries_to_the_safe_boundary_unless_switched_off(hysac_world, tmp_path):
+    from click.testing import CliRunner
+
+    from safeclip_sdk.cli.main import cli
+    from safeclip_sdk.integrations import open_store
+    from safeclip_sdk.search import SafeSearch, SearchError
+
+    encoder = Encoder.load(hysac_world["folder"], backend="torch", device="cpu")
+    space, images = encoder.space, hysac_world["safe_images"] + hysac_world["unsafe_images"]
+    query = hysac_world["unsafe_texts"][-1]  # the furthest text from the origin
+    point = encoder.encode_text([query])
+    tau = hysac_world["hysac"]["distance_stats"]["image_safe"]["p95"]
+    assert space.unsafe_score(point)[0] > tau
+
+    store = open_store(tmp_path / "db")
+    _gallery(store, encoder, images)
+    on, off = SafeSearch(store, "gallery", encoder), SafeSearch(store, "gallery", encoder, traversal=False)
+    np.testing.assert_allclose(off.embed(query), space.to_query(point)[0], rtol=1e-6)
+    moved = on.embed(query)
+    assert moved[0] < 0  # a query vector [-q_t, q]
+    np.testing.assert_allclose(space.unsafe_score(moved[1:]), tau, rtol=1e-5)  # exactly at the boundary
+    np.testing.assert_allclose(moved[1:] / np.linalg.norm(moved[1:]), point[0] / np.linalg.norm(point[0]), rtol=1e-5)
+
+    stored = space.to_stored(encoder.encode_image(images))
+    expected = {}
+    for name, searcher in (("on", on), ("off", off)):
+        hits = searcher.search(query, limit=len(images))
+        ids = [hit.id for hit in hits]
+        # Qdrant's DOT ranking of the stored vectors is the geodesic ranking of the (moved) query,
+        # and its scores are the Lorentz inner products
+        geodesic = -space.similarity(searcher.embed(query)[None, 1:], stored[:, 1:])[0]
+        assert ids == list(np.argsort(geodesic, kind="stable"))
+        np.testing.assert_allclose([hit.score for hit in hits], stored[ids] @ searcher.embed(query), rtol=1e-4)
+        expected[name] = (ids, [hit.score for hit in hits])
+    assert not np.allclose(expected["on"][1], expected["off"][1])
+
+    plain = tmp_path / "plain"
+    shutil.copytree(hysac_world["folder"], plain)
+    metadata = json.loads((plain / "safeclip.json").read_text())
+    del metadata["hysac"]
+    (plain / "safeclip.json").write_text(json.dumps(metadata))
+    untraversable = Encoder.load(plain, backend="torch", device="cpu")
+    with pytest.raises(SearchError, match="records no traversal settings .*traversal=False \\(--no-traversal\\)"):
+        SafeSearch(store, "gallery", untraversable)
+    assert [hit.id for hit in SafeSearch(store, "gallery", untraversable, traversal=False).search(
+        query, limit=len(images))] == expected["off"][0]
+    store.close()
+
+    for flags, name in (([], "on"), (["--no-traversal"], "off")):
+        result = CliRunner().invoke(cli, ["search", "--qdrant", str(tmp_path / "db"), "--collection", "gallery",
+                                          "--model", str(hysac_world["folder"]), "--text", query, "-k",
+                                          str(len(images)), "--json", *flags])
+        assert result.exit_code == 0, result.output
+        rows = json.loads(result.output)["results"]
+        assert [row["id"] for row in rows] == expected[name][0]
+        np.testing.assert_allclose([row["score"] for row in rows], expected[name][1], rtol=1e-5)
