@@ -78,7 +78,8 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
     started = time.time()
     method = get_method(config.method)(config)
     run_dir = Path(config.output_dir)
-    _prepare_run_dir(run_dir, config, context)
+    _prepare_run_dir(run_dir, config, context,
+                     resumable={f"{method.section}.{key}" for key in method.resumable_settings})
 
     train_set = load_dataset(config.data.train, image_root=config.data.image_root,
                              unsafe_image_root=config.data.unsafe_image_root, skip_bad=config.data.skip_bad)
@@ -131,7 +132,8 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
     return TrainResult(model_dir, run_dir, progress, report)
 
 
-def _prepare_run_dir(run_dir: Path, config: TrainConfig, context: DistributedContext) -> None:
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, context: DistributedContext,
+                     resumable: set[str] = frozenset()) -> None:
     """Refuse to mix two runs in one folder; check that a resumed run keeps its settings."""
     saved_path = run_dir / "config.yaml"
     checkpointed = has_checkpoints(run_dir / "checkpoints")
@@ -148,7 +150,8 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, context: DistributedCon
         saved = _flatten(to_dict(load_config(saved_path)))
         current = _flatten(to_dict(config))
         changed = sorted(key for key in current
-                         if key not in RESUMABLE_CHANGES and not _same_setting(key, saved.get(key), current[key]))
+                         if key not in RESUMABLE_CHANGES | resumable
+                         and not _same_setting(key, saved.get(key), current[key]))
         if changed:
             raise SafeclipError(f"cannot resume {run_dir}: '{changed[0]}' differs from the saved config "
                                 f"({saved.get(changed[0])!r} -> {current[changed[0]]!r})")

@@ -46,6 +46,20 @@ def make_encoder_and_objective(*, lora_dropout=0.0, loss_weights=None, seed=0):
     return DualEncoder(peft_model), objective
 
 
+def make_hysac_encoder_and_method(*, lora_dropout=0.0, seed=0):
+    """A tiny CLIP with LoRA on both towers and the HySAC method (its head, objective and hooks)."""
+    from types import SimpleNamespace
+
+    from safeclip_sdk.methods.hysac.method import HySAC
+
+    torch.manual_seed(seed)
+    base = load_model("safeclip-tiny")
+    peft_model = apply_lora(base.model, LoraConfig(rank=4, alpha=4.0, dropout=lora_dropout))
+    method = HySAC(TrainConfig(method="hysac"))
+    method.prepare(SimpleNamespace(embed_dim=int(base.model_cfg["embed_dim"])))
+    return DualEncoder(peft_model), method
+
+
 def trainer_config(tmp_path, **values) -> TrainConfig:
     defaults = dict(output_dir=str(tmp_path), batch_size=8, lr=1e-3, epochs=1, device="cpu",
                     checkpoint_every=1000, log_every=1000, early_stopping_patience=0)

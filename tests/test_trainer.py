@@ -16,7 +16,7 @@ from safeclip_sdk.methods.safe_clip.config import REFERENCE_WEIGHTS
 from safeclip_sdk.sampling import ResumableBatchSampler
 from safeclip_sdk.trainer import Trainer
 
-from synthetic import SyntheticQuadruplets, make_encoder_and_objective, trainer_config
+from synthetic import SyntheticQuadruplets, make_encoder_and_objective, make_hysac_encoder_and_method, trainer_config
 
 ALL_EIGHT_TERMS = set(REFERENCE_WEIGHTS)
 
@@ -82,6 +82,41 @@ def test_accumulation_recomputes_with_the_dropout_masks_of_the_cached_pass(tmp_p
     expected, got = _gradients(by_hand), _gradients(accumulated)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_accumulation_is_exact_for_a_method_s_extra_modules_too(tmp_path):
+    # HySAC's head scores the features of the whole step: each micro-batch's backward adds its full
+    # gradient, and the trainer must keep one copy of it, in a group of its own without weight decay
+    data = SyntheticQuadruplets(8)
+    batch = _stacked(data, range(8))
+    micro_batches = [{key: value[i:i + 2] for key, value in batch.items()} for i in range(0, 8, 2)]
+    trainers = []
+    for name, accum in (("a", 1), ("b", 4)):
+        encoder, method = make_hysac_encoder_and_method()
+        config = trainer_config(tmp_path / name, method="hysac", grad_accum_steps=accum, weight_decay=0.2)
+        trainer = Trainer(encoder, method.objective(None), data, config, tmp_path / name, hooks=method)
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in trainer.parameters.values():
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+        trainers.append(trainer)
+    one_batch, accumulated = trainers
+    one_batch.accumulate_gradients([batch])
+    accumulated.accumulate_gradients(micro_batches)
+    expected, got = _gradients(one_batch), _gradients(accumulated)
+    assert {"method.head.log_curv", "method.head.log_alpha_text", "method.head.log_logit_scale"} <= set(expected)
+    for name in expected:
+        assert expected[name].abs().max() > 0, name
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    groups = one_batch.optimizer.param_groups
+    assert [group["weight_decay"] for group in groups] == [0.2, 0.0]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in one_batch.extra_parameters.values()}
+
+    # the step hook clamps the geometry back into its range after the optimizer moved it
+    with torch.no_grad():
+        one_batch.extra_modules["head"].log_alpha_text.fill_(0.5)
+    one_batch.optimizer_step()
+    assert float(one_batch.extra_modules["head"].log_alpha_text.detach()) <= 0.0
 
 
 class _Interrupt(Exception):

@@ -18,7 +18,7 @@ from importlib import import_module
 from ..errors import SafeclipError
 
 _REGISTRY: dict[str, type] = {}
-_BUILT_IN = {"safe-clip": ".safe_clip.method"}
+_BUILT_IN = {"safe-clip": ".safe_clip.method", "safer-clip": ".safer_clip.method", "hysac": ".hysac.method"}
 
 
 def register(method: type) -> type:

@@ -76,6 +76,7 @@ class Method(TrainingHooks):
     title: ClassVar[str]                       # the paper, for model cards and docs
     summary: ClassVar[str]                     # one paragraph for the model card
     uses_frozen_reference: ClassVar[bool] = True
+    resumable_settings: ClassVar[tuple[str, ...]] = ()  # section keys a resumed run may change
 
     def __init__(self, config: TrainConfig):
         self.config = config

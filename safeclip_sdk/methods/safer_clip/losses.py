@@ -68,7 +68,7 @@ class SaferClipEmbeddings:
     ref_text_safe: Tensor                   # T0(t)
     ref_image_safe: Tensor                  # V0(v)
     ref_text_target: Tensor                 # T0(target caption)
-    ref_image_target: Tensor                # V0(target image)
+    ref_image_target: Tensor | None = None  # V0(target image); only the unsafe-image terms use it
     ref_text_unsafe: Tensor | None = None   # T0(t*); the image-side negative
     image_safe: Tensor | None = None        # V(v); None when the image tower is not trained
     image_unsafe: Tensor | None = None      # V(v*); None when the dataset has no unsafe images

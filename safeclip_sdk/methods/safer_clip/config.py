@@ -1,0 +1,48 @@
+"""SafeR-CLIP's settings: the ``safer_clip:`` section of a training config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from .curriculum import Curriculum
+from .losses import TERMS, _validated_weights
+
+
+@dataclass
+class CurriculumConfig:
+    """Easy-to-hard stages: stage ``k`` lasts ``epochs_per_stage[k]`` epochs and keeps the items
+    whose similarity to their target is at least the ``quantiles[k]`` quantile; then all items."""
+
+    enabled: bool = True
+    quantiles: list[float] = field(default_factory=lambda: [2 / 3, 1 / 3])
+    epochs_per_stage: list[int] = field(default_factory=lambda: [1, 1])
+
+    def build(self) -> Curriculum:
+        return Curriculum(quantiles=tuple(self.quantiles), epochs_per_stage=tuple(self.epochs_per_stage),
+                          enabled=self.enabled)
+
+
+@dataclass
+class SaferClipConfig:
+    tau: float = 0.01  # temperature of the two contrastive preservation terms
+    # the paper publishes no weights: every term 1, divided once by their sum ("sum") or as given ("none")
+    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TERMS, 1.0))
+    normalization: Literal["sum", "none"] = "sum"
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    # where the proximity targets are cached (default: RUN/cache); keyed by the captions and the
+    # frozen model's weights, so several runs on the same data and base model can share one folder
+    cache_dir: str | None = None
+    target_batch_size: int = 256  # captions per frozen-encoder call in the target pass
+
+    POSITIVE: ClassVar[set[str]] = {"tau"}
+    AT_LEAST: ClassVar[dict[str, int]] = {"target_batch_size": 1}
+
+    def validate(self, section: str) -> None:
+        from ...errors import SafeclipError
+
+        try:
+            _validated_weights(self.weights)
+            self.curriculum.build()
+        except SafeclipError as error:
+            raise SafeclipError(f"{section}: {error}") from None
