@@ -39,7 +39,10 @@ def command(models, data, image_root, unsafe_image_root, base_source, base_pretr
             plot_path):
     """Compare MODELs (model folders or any base-model source) on the safe/unsafe retrieval
     protocol of the Safe-CLIP paper: R@1/10/20 for T->V, V->T, T*->V+V*, V*->T+T*, the unsafe
-    top-1 rate and zero-shot accuracy, one row per model.
+    top-1 rate, the safe-query leak and zero-shot accuracy, one row per model, each in its own
+    embedding space. A HySAC model gets two rows, with its safety traversal and without
+    ("NAME (no traversal)"), and a second table of its safe/unsafe classification (accuracy,
+    FPR, FNR, ROC AUC at its stored threshold).
 
     With --deployment, measure which deployment of the one safe MODEL is safer, for unsafe and
     safe queries, text and image queries, and recommend one."""

@@ -198,12 +198,13 @@ def calibrate_model(model_dir: str | os.PathLike, data, *, image_root: str | os.
     safe = np.concatenate([pair[0] for pair in scores.values()])
     unsafe = np.concatenate([pair[1] for pair in scores.values()])
     report = {"data": str(getattr(dataset, "path", "")), "quadruplets": len(dataset.items),
-              "calibration": calibrate(safe, unsafe, objective=objective),
+              "calibration": {**calibrate(safe, unsafe, objective=objective), "modalities": list(scores)},
               "calibration_modality": {modality: calibrate(s, u, objective=objective)
                                        for modality, (s, u) in scores.items()}}
 
     metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
     block = dict(metadata.get("hysac") or {})
+    block.pop("calibration_split", None)  # the training split it was calibrated on no longer applies
     block.update(calibration=report["calibration"], calibration_modality=report["calibration_modality"],
                  calibrated_on=report["data"])
     metadata["hysac"] = block

@@ -95,6 +95,8 @@ def test_calibrate_rewrites_the_threshold_and_keeps_the_other_keys(hysac_world, 
     assert saved["hysac"]["calibration_modality"]["text"] == report["calibration_modality"]["text"] \
         == calibrate(text_safe, text_unsafe)
     assert saved["hysac"]["calibration"] == report["calibration"]
+    assert report["calibration"]["modalities"] == ["text", "image"]
+    assert saved["hysac"]["calibrated_on"] == str(hysac_world["data"])
     assert report["calibration_modality"]["text"]["auc"] == 1.0
     assert {label for label, _ in classify(folder, texts=hysac_world["unsafe_texts"], backend="torch")} == {"unsafe"}
     with Image.open(plot) as image:
