@@ -425,6 +425,7 @@ def evaluate(models: Mapping[str, ModelSpec], data: str | os.PathLike | Quadrupl
     categories = [item.category for item in dataset.items]
     text_only = not dataset.has_unsafe_images
     results = {}
+    notes = []
     for name, spec in models.items():
         model = _load(spec, device)
         space, hysac = model.space, model.hysac
@@ -441,8 +442,15 @@ def evaluate(models: Mapping[str, ModelSpec], data: str | os.PathLike | Quadrupl
                   "zero_shot": zero_shot, "classification": classification_metrics(embeddings, space, hysac)}
         runs = [(name, None)]
         if hysac is not None and space.kind == "lorentz":
-            runs = [(name, traversed_queries(embeddings, hysac, space.curvature)), (name + NO_TRAVERSAL_SUFFIX, None)]
-            runs = [run for run in runs if traversal is None or (run[1] is not None) == traversal]
+            without = (name + NO_TRAVERSAL_SUFFIX, None)
+            runs = [without]
+            if traversal is not False:
+                try:
+                    moved = traversed_queries(embeddings, hysac, space.curvature)
+                except SafeclipError as error:
+                    notes.append(f"{name}: evaluated without the safety traversal ({error}).")
+                else:
+                    runs = [(name, moved)] + ([] if traversal else [without])
         for row, queries in runs:
             results[row] = {**common, "traversal": None if hysac is None else queries is not None,
                             "retrieval": retrieval_metrics(embeddings, ks, compare, categories=categories,
@@ -450,7 +458,6 @@ def evaluate(models: Mapping[str, ModelSpec], data: str | os.PathLike | Quadrupl
                             "leak": safe_query_leak(embeddings, compare, queries)}
         del model, embeddings  # a loaded source is freed before the next one loads
 
-    notes = []
     if text_only:
         notes.append(TEXT_ONLY_NOTE)
         with_unsafe = sum(item.unsafe_image is not None for item in dataset.items)

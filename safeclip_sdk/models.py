@@ -11,7 +11,9 @@ A model source is one of:
 
 A folder written by :func:`save_model_dir` records the sha256 of its weights file in
 ``safeclip.json`` (``"weights": {"file", "sha256"}``); loading refuses a file that no longer
-matches. Folders without that record (older safeclip folders, plain open_clip ``local-dir:``
+matches. ``safeclip.json`` also records the model's embedding space (``"embedding_space"``, see
+``safeclip_sdk.spaces``; cosine when absent) and, for HySAC, its thresholds and traversal
+settings (``"hysac"``); both are checked when the folder loads. Folders without that record (older safeclip folders, plain open_clip ``local-dir:``
 folders) load unchecked. Weights files that cannot be used (truncated or corrupt, tensors that
 do not fit the config, a pickle that ``weights_only`` loading refuses) raise one line naming
 the file.

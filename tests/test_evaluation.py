@@ -319,3 +319,26 @@ def test_cli_evaluates_a_hysac_folder_beside_a_cosine_one(hysac_world, tiny_mode
     saved = json.loads(out.read_text())
     assert saved["results"]["hysac"]["space"]["kind"] == "lorentz"
     assert saved["results"]["base"]["space"] == {"kind": "cosine", "dim": 64}
+
+
+def test_hysac_rows_can_be_limited_and_a_model_without_statistics_is_noted(hysac_world, tmp_path):
+    import shutil
+
+    from safeclip_sdk.data import load_dataset
+
+    data = load_dataset(hysac_world["data"])
+    only_off = evaluate({"hysac": str(hysac_world["folder"])}, data, traversal=False)
+    assert list(only_off.results) == ["hysac (no traversal)"]
+    full = evaluate({"hysac": str(hysac_world["folder"])}, data)
+    assert only_off.results["hysac (no traversal)"] == full.results["hysac (no traversal)"]
+
+    folder = tmp_path / "model"
+    shutil.copytree(hysac_world["folder"], folder)
+    metadata = json.loads((folder / "safeclip.json").read_text())
+    metadata["hysac"] = {"calibration": metadata["hysac"]["calibration"]}  # no statistics, no boundary
+    (folder / "safeclip.json").write_text(json.dumps(metadata))
+    report = evaluate({"bare": str(folder)}, data)
+    assert list(report.results) == ["bare (no traversal)"]
+    assert any(note.startswith("bare: evaluated without the safety traversal") for note in report.notes)
+    assert report.results["bare (no traversal)"]["classification"]["text"]["threshold"] == \
+        metadata["hysac"]["calibration"]["threshold"]
