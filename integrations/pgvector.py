@@ -24,48 +24,36 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import PG_DSN_ENV as DSN_ENV
-from . import pgvector_schema as schema
-from .base import (DEFAULT_VECTOR, Hit, MissingCollectionError, Point, PointId, Range, StoreError, VectorSpec,
-                   VectorStore)
-from .retry import RetryPolicy, builtin_transient_reason, call_with_retries
-
 try:
     import psycopg
-    from pgvector import HalfVector
     from pgvector.psycopg import register_vector
     from psycopg import errors, sql
     from psycopg.adapt import PyFormat
-    from psycopg.conninfo import conninfo_to_dict
     from psycopg.types.json import Jsonb
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError("the PostgreSQL integration needs psycopg and pgvector: "
                       "pip install 'safeclip[pgvector]'") from error
 
+from . import PG_DSN_ENV as DSN_ENV
+from . import pgvector_catalog as catalog
+from . import pgvector_connection as connection
+from . import pgvector_schema as schema
+from .base import (DEFAULT_VECTOR, Hit, MissingCollectionError, Point, PointId, Range, StoreError, VectorSpec,
+                   VectorStore)
+from .retry import RetryPolicy, call_with_retries
+
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 STATE_TABLE = "safeclip_state"
-SCHEMES = ("postgresql://", "postgres://")
-
-_RELATION = sql.SQL("SELECT c.relkind, obj_description(c.oid, 'pg_class') FROM pg_class c "
-                    "WHERE c.oid = to_regclass(%s)")
-_COLUMNS = sql.SQL("SELECT a.attname, t.typname, a.atttypmod, col_description(a.attrelid, a.attnum) "
-                   "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass(%s) "
-                   "AND a.attnum > 0 AND NOT a.attisdropped AND t.typname IN ('vector', 'halfvec') ORDER BY a.attnum")
-_IN_SCHEMA = ("FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = %s "
-              "AND obj_description(c.oid, 'pg_class') LIKE %s")
-_HNSW_COLUMNS = sql.SQL("SELECT a.attname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
-                        "JOIN pg_am am ON am.oid = ic.relam JOIN pg_attribute a ON a.attrelid = i.indrelid "
-                        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND am.amname = 'hnsw'")
 
 
 class PgVectorStore(VectorStore):
     """A PostgreSQL database with the pgvector extension. Build it with :meth:`open`."""
 
     def __init__(self, dsn: str, *, timeout: float = 10.0, retry: RetryPolicy | None = None):
-        settings = _parse_dsn(dsn)
-        self.name = _describe(settings)
+        settings = connection.parse_dsn(dsn)
+        self.name = connection.describe(settings)
         self._dsn = dsn
         self._secrets = [s for s in (settings.get("password"), os.environ.get("PGPASSWORD")) if s]
         self._connect_timeout = max(1, math.ceil(timeout))
@@ -98,14 +86,14 @@ class PgVectorStore(VectorStore):
     # --- collections and aliases ---
 
     def collection_exists(self, name: str) -> bool:
-        return self._call("check collection", name, lambda conn: _kind(conn, name) == "collection")
+        return self._call("check collection", name, lambda conn: catalog.relation_kind(conn, name) == "collection")
 
     def list_collections(self) -> list[str]:
         return self._call("list collections", None, lambda conn: [row[0] for row in conn.execute(
-            "SELECT c.relname " + _IN_SCHEMA + " ORDER BY 1", ["r", schema.TABLE_MARKER + "%"])])
+            "SELECT c.relname " + catalog.IN_SCHEMA + " ORDER BY 1", ["r", schema.TABLE_MARKER + "%"])])
 
     def vector_specs(self, collection: str) -> dict[str, VectorSpec]:
-        return self._call("read collection", collection, lambda conn: _specs(conn, _table(conn, collection)))
+        return self._call("read collection", collection, lambda conn: catalog.vector_specs(conn, catalog.table_of(conn, collection)))
 
     def create_collection(self, name: str, vectors: dict[str, VectorSpec], *, like: str | None = None) -> None:
         """Create the table ``name``; with ``like``, also the payload indexes of that collection.
@@ -125,17 +113,17 @@ class PgVectorStore(VectorStore):
 
         def create(conn):
             nonlocal first_try
-            if not first_try and _kind(conn, name) == "collection":  # a lost reply after it was made
+            if not first_try and catalog.relation_kind(conn, name) == "collection":  # a lost reply after it was made
                 return
             first_try = False
-            indexes = _payload_indexes(conn, _table(conn, like)) if like else {}
+            indexes = catalog.payload_indexes(conn, catalog.table_of(conn, like)) if like else {}
             with conn.transaction():
                 conn.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(name), sql.SQL(", ").join(columns)))
                 for comment in comments:
                     conn.execute(comment)
-                _set_payload_indexes(conn, name, indexes)
+                catalog.set_payload_indexes(conn, name, indexes)
                 for field_name, kind in indexes.items():
-                    _create_payload_index(conn, name, field_name, kind)
+                    catalog.create_payload_index(conn, name, field_name, kind)
 
         self._call("create collection", name, create)
 
@@ -145,33 +133,33 @@ class PgVectorStore(VectorStore):
             raise StoreError(f"unknown payload index kind '{kind}' (choose from {', '.join(schema.PAYLOAD_INDEX_KINDS)})")
 
         def create(conn):
-            table = _table(conn, collection)
-            indexes = _payload_indexes(conn, table)
+            table = catalog.table_of(conn, collection)
+            indexes = catalog.payload_indexes(conn, table)
             if indexes.get(field_name) == kind:
                 return
             with conn.transaction():
-                _create_payload_index(conn, table, field_name, kind)
-                _set_payload_indexes(conn, table, {**indexes, field_name: kind})
+                catalog.create_payload_index(conn, table, field_name, kind)
+                catalog.set_payload_indexes(conn, table, {**indexes, field_name: kind})
 
         self._call("create payload index", collection, create)
 
     def drop_collection(self, name: str) -> None:
         def drop(conn):
-            kind = _kind(conn, name)
+            kind = catalog.relation_kind(conn, name)
             if kind == "alias":
-                raise StoreError(f"{self.name}: '{name}' is an alias of '{_alias_target(conn, name)}', not a "
+                raise StoreError(f"{self.name}: '{name}' is an alias of '{catalog.alias_target(conn, name)}', not a "
                                  f"collection; drop the collection itself")
             if kind != "collection":
                 return
             with conn.transaction():
-                for alias in [a for a, target in _aliases(conn).items() if target == name]:
+                for alias in [a for a, target in catalog.aliases(conn).items() if target == name]:
                     conn.execute(sql.SQL("DROP VIEW {}").format(sql.Identifier(alias)))
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
 
         self._call("drop collection", name, drop)
 
     def alias_target(self, alias: str) -> str | None:
-        return self._call("read aliases", None, lambda conn: _alias_target(conn, alias))
+        return self._call("read aliases", None, lambda conn: catalog.alias_target(conn, alias))
 
     def switch_alias(self, alias: str, collection: str) -> None:
         """Repoint the view ``alias`` in one transaction: readers see the old table or the new one."""
@@ -179,10 +167,10 @@ class PgVectorStore(VectorStore):
 
         def switch(conn):
             with conn.transaction():
-                if _kind(conn, collection) != "collection":
+                if catalog.relation_kind(conn, collection) != "collection":
                     raise MissingCollectionError(f"{self.name}: cannot point alias '{alias}' at '{collection}': "
                                                  f"no such collection")
-                kind = _kind(conn, alias)
+                kind = catalog.relation_kind(conn, alias)
                 if kind not in (None, "alias"):
                     raise StoreError(f"{self.name}: cannot make '{alias}' an alias: a {kind} of that name exists")
                 view = sql.Identifier(alias)
@@ -195,7 +183,7 @@ class PgVectorStore(VectorStore):
 
     def delete_alias(self, alias: str) -> None:
         def delete(conn):
-            if _kind(conn, alias) == "alias":
+            if catalog.relation_kind(conn, alias) == "alias":
                 conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(alias)))
 
         self._call("delete alias", alias, delete)
@@ -212,10 +200,12 @@ class PgVectorStore(VectorStore):
         lower = Decimal(schema.encode_id(start)) if start is not None else Decimal(0)
 
         def read(conn):
-            names = _selected(_specs(conn, _table(conn, collection)), with_vectors)
-            query = sql.SQL("SELECT id, {}, {} FROM {} WHERE id >= %s ORDER BY id LIMIT %s").format(
-                sql.SQL("payload" if with_payload else "NULL"), _vector_list(names), sql.Identifier(collection))
-            return names, conn.execute(query, [lower, limit + 1], binary=True).fetchall()
+            with conn.transaction():
+                names = schema.selected_vectors(catalog.pinned_specs(conn, collection), with_vectors)
+                query = sql.SQL("SELECT id, {}, {} FROM {} WHERE id >= %s ORDER BY id LIMIT %s").format(
+                    sql.SQL("payload" if with_payload else "NULL"), schema.vector_list(names),
+                    sql.Identifier(collection))
+                return names, conn.execute(query, [lower, limit + 1], binary=True).fetchall()
 
         names, rows = self._call("scroll", collection, read)
         points = [schema.row_to_point(row, names) for row in rows[:limit]]
@@ -228,10 +218,11 @@ class PgVectorStore(VectorStore):
             return []
 
         def read(conn):
-            names = _selected(_specs(conn, _table(conn, collection)), with_vectors)
-            query = sql.SQL("SELECT id, payload, {} FROM {} WHERE id = ANY(%s)").format(
-                _vector_list(names), sql.Identifier(collection))
-            return names, conn.execute(query, [keys], binary=True).fetchall()
+            with conn.transaction():
+                names = schema.selected_vectors(catalog.pinned_specs(conn, collection), with_vectors)
+                query = sql.SQL("SELECT id, payload, {} FROM {} WHERE id = ANY(%s)").format(
+                    schema.vector_list(names), sql.Identifier(collection))
+                return names, conn.execute(query, [keys], binary=True).fetchall()
 
         names, rows = self._call("retrieve", collection, read)
         return [schema.row_to_point(row, names) for row in rows]
@@ -243,15 +234,15 @@ class PgVectorStore(VectorStore):
             return
 
         def write(conn):
-            specs = _specs(conn, _table(conn, collection))
-            rows = [_row(point, specs, self.name, collection) for point in points]
-            columns = [sql.Identifier(schema.vector_column(n)) for n in specs]
-            statement = sql.SQL("INSERT INTO {} (id, payload, {}) VALUES (%b, %b, {}) ON CONFLICT (id) DO UPDATE "
-                                "SET payload = EXCLUDED.payload, {}").format(
-                sql.Identifier(collection), sql.SQL(", ").join(columns),
-                sql.SQL(", ").join(sql.Placeholder(format=PyFormat.BINARY) * len(columns)),
-                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in columns))
             with conn.transaction(), conn.cursor() as cursor:
+                specs = catalog.pinned_specs(conn, collection)
+                rows = [schema.point_row(point, specs, self.name, collection) for point in points]
+                columns = [sql.Identifier(schema.vector_column(n)) for n in specs]
+                statement = sql.SQL("INSERT INTO {} (id, payload, {}) VALUES (%b, %b, {}) ON CONFLICT (id) "
+                                    "DO UPDATE SET payload = EXCLUDED.payload, {}").format(
+                    sql.Identifier(collection), sql.SQL(", ").join(columns),
+                    sql.SQL(", ").join(sql.Placeholder(format=PyFormat.BINARY) * len(columns)),
+                    sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in columns))
                 cursor.executemany(statement, rows)
 
         self._call("upsert", collection, write)
@@ -264,38 +255,41 @@ class PgVectorStore(VectorStore):
 
     def query(self, collection: str, vector: np.ndarray, *, using: str = DEFAULT_VECTOR, limit: int = 10,
               payload_range: Range | Sequence[Range] | None = None) -> list[Hit]:
+        where, params = schema.range_condition(payload_range)
+
         def search(conn):
-            specs = _specs(conn, _table(conn, collection))
-            if using not in specs:
-                known = ", ".join(_vector_label(n) for n in specs) or "none"
-                raise StoreError(f"{self.name}: collection '{collection}' has no {_vector_label(using)} "
-                                 f"(it has: {known})")
-            spec = specs[using]
-            column = sql.Identifier(schema.vector_column(using))
-            where, params = schema.range_condition(payload_range)
-            distance = sql.SQL("{} {} %s").format(column, sql.SQL(schema.OPERATORS[spec.distance]))
-            statement = sql.SQL("SELECT id, payload, {0} FROM {1} WHERE {2} IS NOT NULL AND {3} "
-                                "ORDER BY {0} LIMIT %s").format(distance, sql.Identifier(collection), column, where)
-            value = _dump(schema.as_stored(vector, spec.distance), spec)
-            return spec.distance, conn.execute(statement, [value, *params, value, limit]).fetchall()
+            with conn.transaction():
+                specs = catalog.pinned_specs(conn, collection)
+                if using not in specs:
+                    known = ", ".join(schema.vector_label(n) for n in specs) or "none"
+                    raise StoreError(f"{self.name}: collection '{collection}' has no {schema.vector_label(using)} "
+                                     f"(it has: {known})")
+                spec = specs[using]
+                column = sql.Identifier(schema.vector_column(using))
+                distance = sql.SQL("{} {} %s").format(column, sql.SQL(schema.OPERATORS[spec.distance]))
+                statement = sql.SQL("SELECT id, payload, {0} FROM {1} WHERE {2} IS NOT NULL AND {3} ORDER BY {0} "
+                                    "LIMIT %s").format(distance, sql.Identifier(collection), column, where)
+                value = schema.dump_vector(schema.as_stored(vector, spec.distance), spec)
+                return spec.distance, conn.execute(statement, [value, *params, value, limit]).fetchall()
 
         distance, rows = self._call("query", collection, search)
-        return [Hit(schema.decode_id(key), _score(distance, value), payload or {}) for key, payload, value in rows]
+        return [Hit(schema.decode_id(key), schema.score_of(distance, value), payload or {})
+                for key, payload, value in rows]
 
     def finish_load(self, collection: str) -> None:
         """Build an HNSW index on every vector column that has none (pgvector indexes a full table
         far faster than it maintains an index row by row), then ANALYZE the table."""
         def build(conn):
-            table = _table(conn, collection)
-            indexed = {row[0] for row in conn.execute(_HNSW_COLUMNS, [_regclass_text(conn, table)])}
-            for vector, spec in _specs(conn, table).items():
+            table = catalog.table_of(conn, collection)
+            indexed = catalog.hnsw_columns(conn, table)
+            for vector, spec in catalog.vector_specs(conn, table).items():
                 column = schema.vector_column(vector)
                 kind = schema.column_type(spec)
                 if column in indexed:
                     continue
                 if spec.size > schema.HNSW_MAX_DIMS[kind]:
                     logger.warning("%s: %s of '%s' has %d dimensions, more than HNSW indexes (%d); searches on it "
-                                   "stay exact scans", self.name, _vector_label(vector), table, spec.size,
+                                   "stay exact scans", self.name, schema.vector_label(vector), table, spec.size,
                                    schema.HNSW_MAX_DIMS[kind])
                     continue
                 parameters = schema.hnsw_parameters(spec)
@@ -311,17 +305,14 @@ class PgVectorStore(VectorStore):
 
     def hnsw_columns(self, collection: str) -> set[str]:
         """The vectors of ``collection`` that have an HNSW index."""
-        def read(conn):
-            table = _table(conn, collection)
-            return {schema.vector_name(row[0]) for row in conn.execute(_HNSW_COLUMNS, [_regclass_text(conn, table)])}
-
-        return self._call("read indexes", collection, read)
+        return self._call("read indexes", collection, lambda conn: {
+            schema.vector_name(column) for column in catalog.hnsw_columns(conn, catalog.table_of(conn, collection))})
 
     # --- job state ---
 
     def read_state(self, key: str) -> dict[str, Any] | None:
         def read(conn):
-            if _kind(conn, STATE_TABLE) is None:
+            if catalog.relation_kind(conn, STATE_TABLE) is None:
                 return None
             row = conn.execute(sql.SQL("SELECT state FROM {} WHERE key = %s").format(sql.Identifier(STATE_TABLE)),
                                [key]).fetchone()
@@ -332,7 +323,7 @@ class PgVectorStore(VectorStore):
     def write_state(self, key: str, state: dict[str, Any]) -> None:
         def write(conn):
             table = sql.Identifier(STATE_TABLE)
-            if _kind(conn, STATE_TABLE) is None:
+            if catalog.relation_kind(conn, STATE_TABLE) is None:
                 try:
                     conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, state jsonb NOT NULL, "
                                          "updated timestamptz NOT NULL DEFAULT now())").format(table))
@@ -345,7 +336,7 @@ class PgVectorStore(VectorStore):
 
     def delete_state(self, key: str) -> None:
         def delete(conn):
-            if _kind(conn, STATE_TABLE) is not None:
+            if catalog.relation_kind(conn, STATE_TABLE) is not None:
                 conn.execute(sql.SQL("DELETE FROM {} WHERE key = %s").format(sql.Identifier(STATE_TABLE)), [key])
 
         self._call("delete state", STATE_TABLE, delete)
@@ -390,7 +381,7 @@ class PgVectorStore(VectorStore):
 
         try:
             return call_with_retries(attempt, what=label, store=self.name, policy=self._retry,
-                                     classify=transient_reason)
+                                     classify=connection.transient_reason)
         except StoreError as error:
             raise type(error)(self._redact(str(error))) from None
         except errors.UndefinedTable:
@@ -398,157 +389,9 @@ class PgVectorStore(VectorStore):
                 raise MissingCollectionError(f"{self.name}: collection '{collection}' not found") from None
             raise StoreError(f"{self.name}: {label} failed: a table is missing") from None
         except psycopg.Error as error:
-            raise StoreError(self._redact(f"{self.name}: {label} failed: {_first_line(error)}")) from None
+            raise StoreError(self._redact(f"{self.name}: {label} failed: {connection.first_line(error)}")) from None
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def transient_reason(error: BaseException) -> str | None:
-    """Why a psycopg error is worth retrying, or None (wrong password, bad SQL, bad data...)."""
-    if isinstance(error, errors.SerializationFailure):
-        return "serialization failure"
-    if isinstance(error, errors.DeadlockDetected):
-        return "deadlock detected"
-    if isinstance(error, (errors.AdminShutdown, errors.CrashShutdown, errors.CannotConnectNow)):
-        return f"server shutting down: {_first_line(error)}"
-    if isinstance(error, errors.QueryCanceled):
-        return "timed out"
-    if isinstance(error, psycopg.OperationalError):
-        message = _first_line(error)
-        if (error.sqlstate or "").startswith(("28", "3D")) or "password" in message or "does not exist" in message:
-            return None  # authentication or a missing database: trying again will not help
-        return f"connection failed: {message}"
-    return builtin_transient_reason(error)
-
-
-# --- helpers over one connection ---
-
-def _regclass_text(conn, name: str) -> str:
-    return sql.Identifier(name).as_string(conn)
-
-
-def _kind(conn, name: str) -> str | None:
-    """``collection``, ``alias``, ``table``/``view`` (not safeclip's) or None for ``name``."""
-    row = conn.execute(_RELATION, [_regclass_text(conn, name)]).fetchone()
-    if row is None:
-        return None
-    relkind, comment = row
-    if relkind == "r":
-        return "collection" if (comment or "").startswith(schema.TABLE_MARKER) else "table"
-    if relkind == "v":
-        return "alias" if (comment or "").startswith(schema.ALIAS_MARKER) else "view"
-    return "relation"
-
-
-def _aliases(conn) -> dict[str, str]:
-    rows = conn.execute("SELECT c.relname, obj_description(c.oid, 'pg_class') " + _IN_SCHEMA,
-                        ["v", schema.ALIAS_MARKER + "%"]).fetchall()
-    return {name: json.loads(comment)["safeclip_alias"] for name, comment in rows}
-
-
-def _alias_target(conn, alias: str) -> str | None:
-    row = conn.execute(_RELATION, [_regclass_text(conn, alias)]).fetchone()
-    if row is None or row[0] != "v" or not (row[1] or "").startswith(schema.ALIAS_MARKER):
-        return None
-    return json.loads(row[1])["safeclip_alias"]
-
-
-def _table(conn, name: str) -> str:
-    """The table behind a collection or alias name."""
-    kind = _kind(conn, name)
-    if kind == "collection":
-        return name
-    if kind == "alias":
-        return _alias_target(conn, name)
-    raise errors.UndefinedTable(f"relation '{name}' is not a safeclip collection")
-
-
-def _specs(conn, table: str) -> dict[str, VectorSpec]:
-    specs = {}
-    for column, type_name, size, comment in conn.execute(_COLUMNS, [_regclass_text(conn, table)]):
-        vector = schema.vector_name(column)
-        if vector is not None:
-            specs[vector] = schema.spec_from_column(type_name, size, comment)
-    return specs
-
-
-def _payload_indexes(conn, table: str) -> dict[str, str]:
-    row = conn.execute(_RELATION, [_regclass_text(conn, table)]).fetchone()
-    return schema.parse_comment(row[1]).get("payload_indexes", {})
-
-
-def _set_payload_indexes(conn, table: str, indexes: dict[str, str]) -> None:
-    conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
-        sql.Identifier(table), sql.Literal(schema.table_comment(indexes))))
-
-
-def _create_payload_index(conn, table: str, field_name: str, kind: str) -> None:
-    expression = schema.text_at(field_name) if kind == "keyword" else schema.number_at(field_name)
-    conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(sql.Identifier(table), expression))
-
-
-def _selected(specs: dict[str, VectorSpec], with_vectors: bool | Sequence[str]) -> list[str]:
-    if with_vectors is True:
-        return list(specs)
-    if with_vectors is False:
-        return []
-    return [name for name in with_vectors if name in specs]
-
-
-def _vector_list(names: list[str]) -> sql.Composable:
-    if not names:
-        return sql.SQL("NULL")
-    return sql.SQL(", ").join(sql.Identifier(schema.vector_column(n)) for n in names)
-
-
-def _dump(vector: np.ndarray, spec: VectorSpec):
-    return HalfVector(vector) if schema.column_type(spec) == "halfvec" else vector
-
-
-def _row(point: Point, specs: dict[str, VectorSpec], store: str, collection: str) -> list:
-    unknown = set(point.vectors) - set(specs)
-    if unknown:
-        raise StoreError(f"{store}: upsert '{collection}' failed: point {point.id!r} has "
-                         f"{', '.join(_vector_label(n) for n in sorted(unknown))}, which the collection does not")
-    vectors = [_dump(schema.as_stored(point.vectors[name], spec.distance), spec) if name in point.vectors else None
-               for name, spec in specs.items()]
-    return [Decimal(schema.encode_id(point.id)), Jsonb(point.payload or {}), *vectors]
-
-
-def _score(distance: str, value: float) -> float:
-    """pgvector's distance as a score where larger is closer (cosine similarity, dot product,
-    negated Euclidean distance), as the Qdrant adapter returns them."""
-    if distance == "cosine":
-        return 1.0 - float(value)
-    return -float(value)
-
-
-def _parse_dsn(dsn: str) -> dict[str, str]:
-    expected = "expected postgresql://user@host:5432/db"
-    try:
-        settings = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        raise StoreError(f"the PostgreSQL connection string cannot be parsed ({expected})") from None
-    port = str(settings.get("port") or "")
-    if port and not all(part.isdigit() for part in port.split(",")):
-        raise StoreError(f"the PostgreSQL connection string has port '{port}', not a number ({expected})")
-    return settings
-
-
-def _describe(settings: dict[str, str]) -> str:
-    host = settings.get("host") or os.environ.get("PGHOST") or "localhost"
-    port = settings.get("port") or os.environ.get("PGPORT") or "5432"
-    database = settings.get("dbname") or os.environ.get("PGDATABASE") or settings.get("user") or "postgres"
-    return f"postgresql {host}:{port}/{database}"
-
-
-def _vector_label(name: str) -> str:
-    return f"vector '{name}'" if name else "unnamed vector"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
+from pgvector import HalfVector
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from .base import DEFAULT_VECTOR, Point, PointId, Range, StoreError, VectorSpec
 
@@ -183,3 +187,45 @@ def table_comment(payload_indexes: dict[str, str]) -> str:
 
 def parse_comment(comment: str | None) -> dict[str, Any]:
     return json.loads(comment) if comment else {}
+
+
+def selected_vectors(specs: dict[str, VectorSpec], with_vectors: bool | Sequence[str]) -> list[str]:
+    if with_vectors is True:
+        return list(specs)
+    if with_vectors is False:
+        return []
+    return [name for name in with_vectors if name in specs]
+
+
+def vector_list(names: list[str]) -> sql.Composable:
+    if not names:
+        return sql.SQL("NULL")
+    return sql.SQL(", ").join(sql.Identifier(vector_column(n)) for n in names)
+
+
+def dump_vector(vector: np.ndarray, spec: VectorSpec):
+    return HalfVector(vector) if column_type(spec) == "halfvec" else vector
+
+
+def point_row(point: Point, specs: dict[str, VectorSpec], store: str, collection: str) -> list:
+    unknown = set(point.vectors) - set(specs)
+    if unknown:
+        raise StoreError(f"{store}: upsert '{collection}' failed: point {point.id!r} has "
+                         f"{', '.join(vector_label(n) for n in sorted(unknown))}, which the collection does not")
+    vectors = [dump_vector(as_stored(point.vectors[name], spec.distance), spec) if name in point.vectors else None
+               for name, spec in specs.items()]
+    return [Decimal(encode_id(point.id)), Jsonb(point.payload or {}), *vectors]
+
+
+def score_of(distance: str, value: float) -> float:
+    """pgvector's distance as a score where larger is closer (cosine similarity, dot product,
+    negated Euclidean distance), as the Qdrant adapter returns them."""
+    if distance == "cosine":
+        return 1.0 - float(value)
+    return -float(value)
+
+
+
+
+def vector_label(name: str) -> str:
+    return f"vector '{name}'" if name else "unnamed vector"
