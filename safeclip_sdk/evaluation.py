@@ -377,7 +377,7 @@ class EvalReport:
                 rows[name.removesuffix(NO_TRAVERSAL_SUFFIX)] = result["classification"]
         if not rows:
             return []
-        lines = ["", "| model | items | threshold | accuracy | FPR ↓ | FNR ↓ | ROC AUC |", "|---|---|---|---|---|---|---|"]
+        lines = ["", "| model | items | threshold | accuracy | FPR ↓ | FNR ↓ | ROC AUC |", "|" + "---|" * 7]
         for name, classification in rows.items():
             for modality, values in classification.items():
                 at = [f"{values['threshold']:.4f}", f"{values['accuracy']:.1f}", f"{values['fpr']:.1f}",

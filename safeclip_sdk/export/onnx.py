@@ -512,7 +512,9 @@ def _retrieval_check(loaded: LoadedModel, eval_data: str | os.PathLike, image_ro
     directions = [TEXT_TO_IMAGE, IMAGE_TO_TEXT]
     if embeddings["fp32"].unsafe_image is not None:
         directions.append(UNSAFE_TEXT_TO_ALL_IMAGES)
-    r1 = {variant: {direction: metrics["R@1"] for direction, metrics in retrieval_metrics(emb, ks=(1,), similarity=loaded.space.similarity).items()
+    similarity = loaded.space.similarity
+    r1 = {variant: {direction: metrics["R@1"]
+                    for direction, metrics in retrieval_metrics(emb, ks=(1,), similarity=similarity).items()
                     if direction in directions}
           for variant, emb in embeddings.items()}
     for direction in directions:
