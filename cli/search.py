@@ -44,9 +44,9 @@ DSN_FROM_ENV = "from-environment"
               help="HySAC models: search with the query as it is, without moving it back to the safe region "
                    "(to review unsafe results).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def command(qdrant: str | None, pgvector: str | None, collection: str, model: str | None, text: str | None, image: Path | None, limit: int,
-            mode: str | None, vector: str | None, max_score: str | None, fields: tuple[str, ...], timeout: float,
-            no_traversal: bool, as_json: bool) -> None:
+def command(qdrant: str | None, pgvector: str | None, collection: str, model: str | None, text: str | None,
+            image: Path | None, limit: int, mode: str | None, vector: str | None, max_score: str | None,
+            fields: tuple[str, ...], timeout: float, no_traversal: bool, as_json: bool) -> None:
     """Search COLLECTION with a text (--text) or an image (--image) embedded by the safe model."""
     target = store_target(qdrant, pgvector)
     if (text is None) == (image is None):

@@ -89,11 +89,11 @@ class PgVectorStore(VectorStore):
         return self._call("check collection", name, lambda conn: catalog.relation_kind(conn, name) == "collection")
 
     def list_collections(self) -> list[str]:
-        return self._call("list collections", None, lambda conn: [row[0] for row in conn.execute(
-            "SELECT c.relname " + catalog.IN_SCHEMA + " ORDER BY 1", ["r", schema.TABLE_MARKER + "%"])])
+        return self._call("list collections", None, catalog.collections)
 
     def vector_specs(self, collection: str) -> dict[str, VectorSpec]:
-        return self._call("read collection", collection, lambda conn: catalog.vector_specs(conn, catalog.table_of(conn, collection)))
+        return self._call("read collection", collection,
+                          lambda conn: catalog.vector_specs(conn, catalog.table_of(conn, collection)))
 
     def create_collection(self, name: str, vectors: dict[str, VectorSpec], *, like: str | None = None) -> None:
         """Create the table ``name``; with ``like``, also the payload indexes of that collection.
@@ -130,7 +130,8 @@ class PgVectorStore(VectorStore):
     def create_payload_index(self, collection: str, field_name: str, kind: str = "float") -> None:
         """Index a payload field (``float``/``integer``: numeric range filters; ``keyword``: text)."""
         if kind not in schema.PAYLOAD_INDEX_KINDS:
-            raise StoreError(f"unknown payload index kind '{kind}' (choose from {', '.join(schema.PAYLOAD_INDEX_KINDS)})")
+            known = ", ".join(schema.PAYLOAD_INDEX_KINDS)
+            raise StoreError(f"unknown payload index kind '{kind}' (choose from {known})")
 
         def create(conn):
             table = catalog.table_of(conn, collection)

@@ -45,7 +45,14 @@ def relation_kind(conn, name: str) -> str | None:
     return "relation"
 
 
+def collections(conn) -> list[str]:
+    """safeclip's collections in the current schema, by name."""
+    return [row[0] for row in conn.execute("SELECT c.relname " + IN_SCHEMA + " ORDER BY 1",
+                                           ["r", schema.TABLE_MARKER + "%"])]
+
+
 def aliases(conn) -> dict[str, str]:
+    """safeclip's aliases in the current schema: view name -> table name."""
     rows = conn.execute("SELECT c.relname, obj_description(c.oid, 'pg_class') " + IN_SCHEMA,
                         ["v", schema.ALIAS_MARKER + "%"]).fetchall()
     return {name: json.loads(comment)["safeclip_alias"] for name, comment in rows}

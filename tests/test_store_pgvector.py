@@ -54,7 +54,8 @@ def test_ids_keep_their_type_and_order_across_the_whole_range(store):
 
 
 def test_large_or_float16_vectors_are_halfvec_columns_and_get_hnsw_after_the_load(store, pg_dsn):
-    store.create_collection("c", {"": VectorSpec(2048, "cosine"), "small": VectorSpec(8, "dot", {"datatype": "float16"}),
+    store.create_collection("c", {"": VectorSpec(2048, "cosine"),
+                                  "small": VectorSpec(8, "dot", {"datatype": "float16"}),
                                   "plain": VectorSpec(8, "euclid", {"hnsw_config": {"m": 8, "ef_construct": 32}})})
     specs = store.vector_specs("c")
     assert specs[""].options == {"datatype": "float16"} and specs["small"].options == {"datatype": "float16"}
