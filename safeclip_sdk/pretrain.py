@@ -62,6 +62,7 @@ def pretrain_clip(architecture: str, train_data: str | Path, output_dir: str | P
     metadata = {"safeclip_version": __version__, "method": "base",
                 "base_model": {"source": architecture, "pretrained": None},
                 "data": {"train": str(train_data), "pairs": len(pairs)},
-                "config": to_dict(config), "metrics": {"steps": progress.step}}
+                "config": to_dict(config), "metrics": {"steps": progress.step},
+                "embedding_space": {"kind": "cosine", "dim": int(base.model_cfg["embed_dim"])}}
     save_model_dir(Path(output_dir) / "model", base.model, base.model_cfg, base.preprocess_cfg, metadata=metadata)
     return base

@@ -173,6 +173,9 @@ def test_hysac_trains_its_geometry_and_writes_the_lorentz_space_and_calibration(
     assert set(block["distance_stats"]) == {"text_safe", "image_safe", "text_unsafe", "image_unsafe"}
     assert block["distance_stats"]["text_safe"]["count"] == 16
     assert block["traversal"]["boundary"] == pytest.approx(block["distance_stats"]["image_safe"]["p95"])
+    # the curves beside the run, as JSON and as a picture
+    assert json.loads((run_dir / "calibration.json").read_text())["calibration"] == block["calibration"]
+    assert (run_dir / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the geometry is checkpointed beside the adapters; the model keeps the best epoch's (the last here)
     from safetensors.torch import load_file
 

@@ -43,7 +43,7 @@ def test_train_writes_a_merged_model_folder_that_safeclip_and_open_clip_load(tin
     assert {"open_clip_model.safetensors", "open_clip_config.json", "safeclip.json", "README.md"} <= \
         {p.name for p in model_dir.iterdir()}
     metadata = json.loads((model_dir / "safeclip.json").read_text())
-    assert metadata["method"] == "safe-clip"
+    assert metadata["method"] == "safe-clip" and metadata["embedding_space"] == {"kind": "cosine", "dim": 64}
     assert metadata["base_model"] == {"source": str(tiny_model_dir), "pretrained": None}
     assert metadata["data"]["train_items"] == 16 and metadata["data"]["text_only"] is False
     assert metadata["config"]["lora"]["rank"] == 4

@@ -91,8 +91,9 @@ class HySAC(Method):
         calibration["modalities"] = modalities
         traversal = settings.traversal
         boundary = safe_boundary(stats, traversal.target, traversal.statistic, traversal.margin)
-        if split == "train" and run.context.is_main:
+        if split == "train":
             logger.warning("hysac: no validation split; the unsafe threshold is calibrated on the training data")
+        self._write_calibration(run, {"calibration": calibration, "calibration_modality": calibration_modality})
         logger.info("hysac: curvature %.4f, threshold %.4f (AUC %.3f on %s), traversal boundary %.4f",
                     curv, calibration["threshold"], calibration["auc"], split, boundary)
         return {
@@ -111,6 +112,17 @@ class HySAC(Method):
                 "head": head.config(),
             },
         }
+
+    @staticmethod
+    def _write_calibration(run: TrainingRun, report: dict[str, Any]) -> None:
+        """The calibration curves beside the run: ``calibration.json`` and ``calibration.png``."""
+        import json
+
+        from ...calibration_plot import draw_calibration
+        from ...models import atomic_write_text
+
+        atomic_write_text(run.run_dir / "calibration.json", json.dumps(report, indent=2) + "\n")
+        draw_calibration(report, run.run_dir / "calibration.png")
 
     def _points(self, run: TrainingRun, model: torch.nn.Module, split: str) -> dict[str, torch.Tensor]:
         """Every item of ``split`` through the merged towers and the head, by class."""
