@@ -17,6 +17,8 @@ import tests.test_reindex_resume as resume_tests
 from safeclip_sdk.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.pgvector import PgVectorStore
+from safeclip_sdk.reindex import reindex
+from tests.reindex_world import everything, make_text_collection, without_reserved
 from tests.test_reindex import (  # noqa: F401 - collected here with this module's fixtures
     test_an_unfinished_job_resumes_only_with_its_settings, test_complete_point_gives_an_application_point_the_safe_layout,
     test_dry_run_writes_nothing, test_full_mode_replaces_one_named_vector_and_carries_the_others,
@@ -62,3 +64,21 @@ def folder(tmp_path, pg_dsn, monkeypatch):
     path = DatabaseFolder(tmp_path)
     path.dsn = pg_dsn
     return path
+
+
+def test_the_new_table_gets_its_hnsw_indexes_before_the_switch(store, encoder):
+    payloads = make_text_collection(store, "docs-v0", 120, encoder.space.stored_dim, alias="docs")
+    indexed_at_switch = {}
+    switch = store.switch_alias
+
+    def recording_switch(alias, collection):
+        indexed_at_switch[collection] = store.hnsw_columns(collection)
+        switch(alias, collection)
+
+    store.switch_alias = recording_switch
+    report = reindex(store, "docs", encoder=encoder, text_field="text", batch_size=32, progress=False)
+    assert store.alias_target("docs") == report.target
+    assert indexed_at_switch == {report.target: {"", "safe"}} == {report.target: set(store.vector_specs("docs"))}
+    assert store.hnsw_columns("docs-v0") == set()  # the source was never finished by the reindex
+    new = everything(store, "docs")
+    assert {i: without_reserved(p.payload) for i, p in new.items()} == payloads

@@ -105,6 +105,7 @@ class Job:
             self.save(st.COPY)
         if self.phase == st.COPY:
             self._copy()
+            store.finish_load(plan.target)  # e.g. PostgreSQL's HNSW index, built once the bulk copy is in
             self.save(st.RECONCILE)
         if self.phase == st.RECONCILE:
             base = self._reconcile()
