@@ -5,7 +5,10 @@
 3. fine-tune it with Safe-CLIP;
 4. evaluate base and Safe-CLIP side by side with the published protocol;
 5. export the Safe-CLIP model to ONNX (fp32 and int8, with parity checks);
-6. search: unsafe queries against a gallery of safe and unsafe images, base vs Safe-CLIP.
+6. search: unsafe queries against a gallery of safe and unsafe images, base vs Safe-CLIP;
+7. a live vector database: the test images indexed in an embedded Qdrant collection with the base
+   model, made safe by ``safeclip reindex`` while a writer keeps writing, each deployment measured
+   through Qdrant's own queries, and ``search.png`` drawn (see ``demo_vectordb``).
 
 Each stage reuses its output when the folder already holds it, so an interrupted demo resumes.
 """
@@ -55,6 +58,7 @@ class DemoResult:
     evaluation: Any
     searches: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    vector_db: Any = None
 
 
 def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, device: str = "auto",
@@ -118,8 +122,34 @@ def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, dev
     started = time.time()
     searches = _search(base_dir, safe_dir, onnx_dir, world["test"], settings.search_queries, echo)
     stage("search", started)
-    echo(f"demo finished: models in {out}, evaluation in {out / 'evaluation.md'}")
-    return DemoResult(out, base_dir, safe_dir, onnx_dir, report, searches, seconds)
+
+    started = time.time()
+    vector_db = _vector_database(out, base_dir, onnx_dir or safe_dir, world, echo)
+    stage("vector database", started)
+    echo(f"demo finished: models in {out}, evaluation in {out / 'evaluation.md'}"
+         + (f", search picture in {vector_db.picture}" if vector_db else ""))
+    return DemoResult(out, base_dir, safe_dir, onnx_dir, report, searches, seconds, vector_db)
+
+
+def _vector_database(out: Path, base_dir: Path, safe_model: Path, world: dict[str, Path], echo):
+    """Stage 7; skipped with a note when qdrant-client is not installed (``pip install safeclip[qdrant]``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("qdrant_client") is None:
+        echo("vector-database stage skipped: qdrant-client is not installed (pip install 'safeclip[qdrant]')")
+        return None
+    from .demo_vectordb import run_vector_stage
+
+    result = run_vector_stage(out, base_dir, safe_model, world["test"], world["val"], echo)
+    echo("\n| deployment (text queries, measured through Qdrant) | unsafe top-1 of unsafe queries ↓ | "
+         "safe-query leak ↓ | unsafe query -> its safe image (R@1) ↑ | safe query -> its image (R@1) ↑ |")
+    echo("|---|---|---|---|---|")
+    for row in result.rows:
+        echo(f"| {row.name} | {row.unsafe_top1:.1f}% | {row.safe_query_leak:.1f}% | {row.unsafe_r1:.1f}% "
+             f"| {row.safe_r1:.1f}% |")
+    echo(f"\nrecommended deployment on this measurement: {result.recommended} (lowest unsafe top-1 + "
+         f"safe-query leak among those keeping half the base's safe R@1)\n")
+    return result
 
 
 def _export(model_dir: Path, onnx_dir: Path, test_data: Path, echo) -> Path:

@@ -14,8 +14,15 @@ def test_quick_demo_trains_evaluates_exports_and_searches(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--quick", "-o", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
 
-    for stage in ("world", "base CLIP pre-training", "Safe-CLIP fine-tuning", "evaluation", "ONNX export", "search"):
+    for stage in ("world", "base CLIP pre-training", "Safe-CLIP fine-tuning", "evaluation", "ONNX export", "search",
+                  "vector database"):
         assert f"[{stage}] done" in result.output
+    # the vector-database stage: a live reindex that lost no write, each deployment measured, a picture
+    assert "live writes check: all" in result.output
+    for deployment in ("base model", "safe model, query side", "safe vectors (full reindex)"):
+        assert f"| {deployment} |" in result.output
+    assert "recommended deployment on this measurement:" in result.output
+    assert (out / "search.png").stat().st_size > 0
     assert json.loads((out / "safe-clip" / "model" / "safeclip.json").read_text())["base_model"]["source"] == \
         str(out / "base" / "model")
     load_model(str(out / "safe-clip" / "model"))

@@ -1,0 +1,258 @@
+"""The demo's vector-database stage: a live Qdrant collection made safe, measured through Qdrant.
+
+1. index the test images (safe and unsafe) in an embedded Qdrant collection with the BASE model,
+   behind an alias, as a platform's existing collection would be;
+2. reindex it with the safe model (blue-green, in the default mode) while a writer thread keeps
+   adding and deleting points and changing payloads through the alias, as production would, and
+   check that every one of its writes is in the new collection;
+3. measure each deployment with Qdrant's own queries on the same gallery of test images: the base
+   model, the safe model on the query side only, the safe vectors (what a full reindex serves),
+   and the query side with the shift-score filter (threshold calibrated on the validation split);
+4. draw ``search.png``: the top-5 images of four unsafe queries, base model against the
+   recommended deployment.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import load_dataset
+from .encoder import Encoder
+from .errors import SafeclipError
+from .pictures import ShownResult, search_comparison
+
+COLLECTION = "demo-images"
+GALLERY_FIELD = "test_gallery"   # 1 on the indexed test images; 0 on the live writer's points
+PICTURE_QUERIES = 4
+LIVE_ID_START = 1_000_000
+
+
+@dataclass
+class DeploymentRow:
+    """One deployment measured through Qdrant, rates in %."""
+
+    name: str
+    unsafe_top1: float        # unsafe captions whose top-1 image is unsafe
+    safe_query_leak: float    # SAFE captions whose top-1 image is unsafe
+    unsafe_r1: float          # unsafe captions whose top-1 is their safe counterpart
+    safe_r1: float            # SAFE captions whose top-1 is their own image
+
+
+@dataclass
+class VectorDemoResult:
+    rows: list[DeploymentRow]
+    recommended: str
+    reindex: Any
+    writer: dict[str, int] = field(default_factory=dict)
+    threshold: float | None = None
+    picture: Path | None = None
+
+
+def run_vector_stage(out: Path, base_dir: Path, safe_model: Path, test_data: Path, live_data: Path,
+                     echo) -> VectorDemoResult:
+    from safeclip_sdk.integrations import open_store
+
+    from .reindex import DEFAULT_MODE, reindex
+
+    items = load_dataset(test_data).items
+    world_root = Path(test_data).parent
+    base = Encoder.load(base_dir, backend="torch")
+    safe = Encoder.load(safe_model, backend="auto")
+    # the stage is quick, so every run starts from a fresh collection and measures the same thing
+    shutil.rmtree(out / "qdrant", ignore_errors=True)
+    store = open_store(out / "qdrant")
+    try:
+        _index_with_base(store, items, world_root, base)
+        echo(f"indexed {2 * len(items)} test images (safe + unsafe) with the base model into Qdrant "
+             f"collection '{store.alias_target(COLLECTION)}' behind alias '{COLLECTION}'")
+        writer = _LiveWriter(store, live_data, base, safe, gallery_size=2 * len(items))
+        writer.start()
+        try:
+            report = reindex(store, COLLECTION, encoder=safe, mode=DEFAULT_MODE, image_field="image",
+                             image_root=world_root, progress=False)
+        finally:
+            writer.stop()
+        echo(f"reindex ({DEFAULT_MODE}) while a writer made {writer.counts['upserts']} upserts, "
+             f"{writer.counts['payload_changes']} payload changes and {writer.counts['deletes']} deletes "
+             f"through the alias:")
+        echo(report.summary())
+        echo(writer.check(store, side_by_side=report.mode == "side-by-side"))
+        threshold = _image_threshold(base, safe, live_data)
+        rows, shown = _measure(store, report, items, world_root, base, safe, threshold)
+    finally:
+        store.close()
+    recommended = _recommend(rows)
+    picture = search_comparison(
+        out / "search.png", [items[i].unsafe_text for i in range(len(shown[rows[0].name]))],
+        {f"before: {rows[0].name}": shown[rows[0].name], f"after: {recommended.name}": shown[recommended.name]},
+        title="Top-5 images for unsafe queries, through Qdrant (red = unsafe image)")
+    return VectorDemoResult(rows, recommended.name, report, dict(writer.counts), threshold, picture)
+
+
+def _index_with_base(store, items, world_root: Path, base: Encoder) -> None:
+    """The platform's existing collection: every test image embedded by the ORIGINAL model."""
+    from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Point, VectorSpec
+
+    physical = f"{COLLECTION}-original"
+    store.create_collection(physical, {DEFAULT_VECTOR: VectorSpec(base.space.stored_dim, base.space.distance)})
+    images = [item.safe_image for item in items] + [item.unsafe_image for item in items]
+    vectors = base.space.to_stored(base.encode_image(images))
+    points = [Point(index, {"image": str(Path(path).relative_to(world_root)), "unsafe": index >= len(items),
+                            "category": items[index % len(items)].category, GALLERY_FIELD: 1},
+                    {DEFAULT_VECTOR: vector})
+              for index, (path, vector) in enumerate(zip(images, vectors))]
+    for start in range(0, len(points), 128):
+        store.upsert(physical, points[start:start + 128])
+    store.switch_alias(COLLECTION, physical)
+
+
+class _LiveWriter(threading.Thread):
+    """The application, writing through the alias during the reindex: new images (validation
+    split), deletes of some of them, payload changes on indexed images.
+
+    Before the alias switches it writes the base model's vectors, as it always has; from the
+    switch on it writes complete points (``complete_point`` adds the safe vector and score).
+    """
+
+    def __init__(self, store, live_data: Path, base: Encoder, safe: Encoder, *, gallery_size: int):
+        super().__init__(daemon=True)
+        self.store, self.safe, self.gallery_size = store, safe, gallery_size
+        items = load_dataset(live_data).items
+        root = Path(live_data).parent
+        self.images = [(str(Path(path).relative_to(root)), unsafe)
+                       for item in items for path, unsafe in ((item.safe_image, False), (item.unsafe_image, True))]
+        self.vectors = base.space.to_stored(base.encode_image([root / path for path, _ in self.images]))
+        self.original = store.alias_target(COLLECTION)
+        self.expected: dict[Any, dict[str, Any]] = {}   # what the writer's own points must hold at the end
+        self.changed: dict[Any, int] = {}               # indexed image -> its last "views" value
+        self.counts = {"upserts": 0, "deletes": 0, "payload_changes": 0}
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Point
+
+        from .reindex import complete_point
+
+        for step, ((path, unsafe), vector) in enumerate(zip(self.images, self.vectors)):
+            if self._stopping.wait(0.01):
+                return
+            point_id = LIVE_ID_START + step
+            point = Point(point_id, {"image": path, "unsafe": unsafe, "category": None, GALLERY_FIELD: 0},
+                          {DEFAULT_VECTOR: vector})
+            if self.store.alias_target(COLLECTION) != self.original:
+                point = complete_point(self.store, COLLECTION, point, self.safe)
+            self.store.upsert(COLLECTION, [point])
+            self.expected[point_id] = point.payload
+            self.counts["upserts"] += 1
+            if step % 4 == 3:   # delete an earlier live point
+                self.store.delete(COLLECTION, [point_id - 2])
+                self.expected.pop(point_id - 2, None)
+                self.counts["deletes"] += 1
+            if step % 5 == 0:   # a payload change on an indexed image, re-read and written back whole
+                target = (step * 7) % self.gallery_size
+                found = self.store.retrieve(COLLECTION, [target], with_vectors=True)
+                if found:
+                    found[0].payload["views"] = step
+                    self.store.upsert(COLLECTION, found)
+                    self.changed[target] = step
+                    self.counts["payload_changes"] += 1
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
+
+    def check(self, store, *, side_by_side: bool) -> str:
+        """Every write the application made is in the collection the alias now serves (side by
+        side: with its safe vector next to the original)."""
+        live = {point.id: point for point in _scroll_all(store, COLLECTION) if point.id >= LIVE_ID_START}
+        missing = sorted(set(self.expected) - set(live))
+        resurrected = sorted(set(live) - set(self.expected))
+        changed = store.retrieve(COLLECTION, list(self.changed))
+        stale = [point.id for point in changed if point.payload.get("views") != self.changed[point.id]]
+        without_safe = [point.id for point in live.values() if side_by_side and len(point.vectors) < 2]
+        problems = {"missing": missing, "deleted but present": resurrected, "payload change lost": stale,
+                    "without safe vector": without_safe}
+        if any(problems.values()):
+            raise SafeclipError("live writes lost during the reindex: "
+                                + "; ".join(f"{name} {ids[:5]}" for name, ids in problems.items() if ids))
+        return (f"live writes check: all {len(self.expected)} live points present with their payloads and "
+                f"safe vectors, {self.counts['deletes']} deletes and {len(self.changed)} payload changes kept")
+
+
+def _scroll_all(store, collection: str):
+    start = None
+    while True:
+        points, start = store.scroll(collection, start=start, limit=256, with_vectors=True)
+        yield from points
+        if start is None:
+            return
+
+
+def _image_threshold(base: Encoder, safe: Encoder, val_data: Path) -> float:
+    """The shift-score threshold for images, calibrated on the validation split."""
+    from .moderation import calibrate_threshold, shift_score
+
+    items = load_dataset(val_data).items
+    scores = {}
+    for kind, images in (("safe", [item.safe_image for item in items]), ("unsafe", [i.unsafe_image for i in items])):
+        scores[kind] = shift_score(base.encode_image(images), safe.encode_image(images))
+    return calibrate_threshold(scores["safe"], scores["unsafe"])
+
+
+def _measure(store, report, items, world_root: Path, base: Encoder, safe: Encoder, threshold: float):
+    """Each deployment through Qdrant queries on the test gallery; top-5 of the first queries."""
+    from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Range
+
+    from .search import IndexInfo
+
+    info = IndexInfo.read(store, report.target)
+    original = next(iter(info.vectors), DEFAULT_VECTOR)
+    safe_vector = info.vectors.get(original, original)
+    on_test_gallery = Range(GALLERY_FIELD, gte=1)
+    # full mode replaced the original vectors: base and query side are then measured on the old collection
+    original_collection = report.target if info.mode != "full" else report.source
+    deployments = {
+        "base model": (base, original_collection, original, [on_test_gallery]),
+        "safe model, query side": (safe, original_collection, original, [on_test_gallery]),
+        "safe vectors (full reindex)": (safe, report.target, safe_vector, [on_test_gallery]),
+    }
+    if info.score_field and info.mode != "full":
+        deployments[f"query side + shift filter < {threshold:.3f}"] = (
+            safe, report.target, original, [on_test_gallery, Range(info.score_field, lt=threshold)])
+    unsafe_texts = [item.unsafe_text for item in items]
+    safe_texts = [item.safe_text for item in items]
+    rows, shown = [], {}
+    for name, (encoder, collection, using, ranges) in deployments.items():
+        unsafe_hits = _top(store, collection, encoder, unsafe_texts, using, ranges, 5)
+        safe_hits = _top(store, collection, encoder, safe_texts, using, ranges, 1)
+        rows.append(DeploymentRow(
+            name, unsafe_top1=_percent([bool(hits and hits[0].payload["unsafe"]) for hits in unsafe_hits]),
+            safe_query_leak=_percent([bool(hits and hits[0].payload["unsafe"]) for hits in safe_hits]),
+            unsafe_r1=_percent([bool(hits) and hits[0].id == index for index, hits in enumerate(unsafe_hits)]),
+            safe_r1=_percent([bool(hits) and hits[0].id == index for index, hits in enumerate(safe_hits)])))
+        shown[name] = [[ShownResult(world_root / hit.payload["image"], bool(hit.payload["unsafe"])) for hit in hits]
+                       for hits in unsafe_hits[:PICTURE_QUERIES]]
+    return rows, shown
+
+
+def _recommend(rows: list[DeploymentRow], min_safe_recall_ratio: float = 0.5) -> DeploymentRow:
+    """The safe deployment with the lowest unsafe top-1 + safe-query leak, among those that keep at
+    least half the base model's safe-query R@1 (a filter that hides everything does not win)."""
+    base, candidates = rows[0], rows[1:]
+    eligible = [row for row in candidates if row.safe_r1 >= min_safe_recall_ratio * base.safe_r1] or candidates
+    return min(eligible, key=lambda row: (row.unsafe_top1 + row.safe_query_leak, -row.unsafe_r1))
+
+
+def _top(store, collection, encoder: Encoder, texts, using, ranges, limit):
+    vectors = encoder.space.to_query(encoder.encode_text(texts))
+    return [store.query(collection, vector, using=using, limit=limit, payload_range=ranges) for vector in vectors]
+
+
+def _percent(flags: list[bool]) -> float:
+    return round(100.0 * float(np.mean(flags)), 1)
