@@ -21,9 +21,18 @@ def _method_settings(config: dict[str, Any], method: str) -> str:
     """The method section's scalar settings (``tau 0.01, normalization sum``), older folders' ``loss`` too."""
     from .methods import method_sections
 
+    sections = method_sections()
     section = next((values for key, values in config.items()
-                    if key in method_sections() and method_sections()[key].name == method and isinstance(values, dict)), {})
+                    if key in sections and sections[key].name == method and isinstance(values, dict)), {})
     return ", ".join(f"{key} {value}" for key, value in section.items() if isinstance(value, (int, float, str)))
+
+
+def _space_note(space: dict[str, Any]) -> list[str]:
+    if space.get("kind") != "lorentz":
+        return []
+    return ["", f"The model embeds into a Lorentz (hyperbolic) space of curvature -{space.get('curvature')}: "
+                "`safeclip_sdk.Encoder` applies the projection; open_clip alone returns the raw projection "
+                "outputs f, whose points are exp_map0(scale * f) with the scales in `safeclip.json`."]
 
 
 def render_model_card(metadata: dict[str, Any]) -> str:
@@ -55,6 +64,7 @@ def render_model_card(metadata: dict[str, Any]) -> str:
         "import open_clip",
         "clip = open_clip.create_model('local-dir:PATH_TO_THIS_FOLDER')",
         "```",
+        *_space_note(metadata.get("embedding_space") or {}),
         "",
         "## Training",
         f"- data: `{data.get('train')}` ({data.get('train_items', '?')} quadruplets"

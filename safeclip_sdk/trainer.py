@@ -247,7 +247,9 @@ class Trainer:
 
     def _epoch_dataset(self, epoch: int):
         items = self._epoch_items(epoch)
-        return self.train_dataset if items is None else torch.utils.data.Subset(self.train_dataset, list(items))
+        if items is None:
+            return self.train_dataset
+        return torch.utils.data.Subset(self.train_dataset, [int(i) for i in items])
 
     def _loader(self, dataset, *, epoch: int, start_micro_batch: int = 0, shuffle: bool = True):
         sampler = ResumableBatchSampler(len(dataset), self.micro_batch_size, seed=self.config.seed, epoch=epoch,
