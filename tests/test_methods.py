@@ -190,6 +190,21 @@ def test_hysac_trains_its_geometry_and_writes_the_lorentz_space_and_calibration(
     assert loaded.metadata["method"] == "hysac"
 
 
+def test_hysac_on_text_only_data_calibrates_on_texts(tiny_model_dir, world, tmp_path):
+    run_dir = tmp_path / "run"
+    train(_write_yaml(tmp_path / "cfg.yaml", _config(tiny_model_dir, world, run_dir, "hysac", max_steps=1,
+                                                     data={"train": str(_text_only(world, tmp_path))})))
+    # the three terms that need an unsafe image drop out
+    assert set(_logged(run_dir)[0]) - {"step", "epoch", "lr", "loss"} == {
+        "contrastive_safe", "contrastive_unsafe_text_safe_image", "entailment_safe",
+        "entailment_safe_image_unsafe_text"}
+    block = json.loads((run_dir / "model" / "safeclip.json").read_text())["hysac"]
+    # no validation split: calibrated on the training texts, and said so
+    assert block["calibration_split"] == "train" and block["calibration"]["modalities"] == ["text"]
+    assert set(block["calibration_modality"]) == {"text"}
+    assert set(block["distance_stats"]) == {"text_safe", "image_safe", "text_unsafe"}
+
+
 @pytest.mark.parametrize("method", ["safer-clip", "hysac"])
 def test_an_interrupted_run_resumes_to_bitwise_the_same_model(tiny_model_dir, world, tmp_path, method):
     # constant rate: the schedule must not depend on max_steps, which the resumed run raises.
