@@ -1,5 +1,5 @@
-"""``safeclip reindex``: re-embed a live Qdrant collection with a safe model (blue-green), and
-``safeclip reindex rollback`` / ``safeclip reindex cleanup``."""
+"""``safeclip reindex``: re-embed a live Qdrant collection or PostgreSQL table with a safe model
+(blue-green), and ``safeclip reindex rollback`` / ``safeclip reindex cleanup``."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import json
 
 import click
 
+from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 from safeclip_sdk.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCORE_FIELD, MODES, cleanup, reindex,
                                   rollback)
 
-QDRANT_HELP = "A local folder (embedded Qdrant) or a server URL such as https://host:6333 (key: $QDRANT_API_KEY)."
-
 
 @click.group("reindex", invoke_without_command=True)
-@click.option("--qdrant", "qdrant", metavar="TARGET", help=QDRANT_HELP)
-@click.option("--collection", metavar="NAME", help="The alias readers use.")
+@qdrant_option()
+@pgvector_option()
+@click.option("--collection", "--table", "collection", metavar="NAME",
+              help="The alias readers use (in PostgreSQL, a view).")
 @click.option("--model", metavar="MODEL", help="Safe model folder or ONNX export.")
 @click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True)
 @click.option("--image-field", metavar="F", help="Payload field with an image path (under --image-root) or URL.")
@@ -37,8 +38,8 @@ QDRANT_HELP = "A local folder (embedded Qdrant) or a server URL such as https://
               help="JSON report (default: reindex-NAME.json in the current folder).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.pass_context
-def command(ctx: click.Context, qdrant, collection, model, mode, image_field, image_root, text_field, vectors,
-            on_error, batch_size, dry_run, drop_old, allow_urls, adopt, score_field, no_score, report,
+def command(ctx: click.Context, qdrant, pgvector, collection, model, mode, image_field, image_root, text_field,
+            vectors, on_error, batch_size, dry_run, drop_old, allow_urls, adopt, score_field, no_score, report,
             no_progress) -> None:
     """Re-embed the collection behind alias NAME with MODEL into NAME-safeclip-vN, keep it in step
     with live writes, verify it and switch the alias; the old collection stays for rollback.
@@ -47,14 +48,15 @@ def command(ctx: click.Context, qdrant, collection, model, mode, image_field, im
     safeclip reindex --qdrant ./db --collection photos --model runs/safe --image-field path --image-root /data
     safeclip reindex rollback --qdrant ./db --collection photos
     safeclip reindex cleanup --qdrant ./db --collection photos
+    safeclip reindex --pgvector postgresql://search@db:5432/catalog --table items --model runs/safe --text-field t
     """
     if ctx.invoked_subcommand is not None:
         return
-    missing = [flag for flag, value in (("--qdrant", qdrant), ("--collection", collection), ("--model", model))
-               if not value]
+    missing = [flag for flag, value in (("--collection", collection), ("--model", model)) if not value]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)}")
-    result = reindex(qdrant, collection, model, mode=mode, image_field=image_field, image_root=image_root,
+    target = store_target(qdrant, pgvector)
+    result = reindex(target, collection, model, mode=mode, image_field=image_field, image_root=image_root,
                      text_field=text_field, vectors=list(vectors), on_error=on_error, batch_size=batch_size,
                      dry_run=dry_run, drop_old=drop_old, allow_urls=allow_urls, adopt=adopt,
                      score_field=score_field, score=not no_score,
@@ -63,20 +65,24 @@ def command(ctx: click.Context, qdrant, collection, model, mode, image_field, im
 
 
 @command.command("rollback")
-@click.option("--qdrant", "qdrant", metavar="TARGET", required=True, help=QDRANT_HELP)
-@click.option("--collection", metavar="NAME", required=True, help="The alias to switch back.")
-def rollback_command(qdrant: str, collection: str) -> None:
+@qdrant_option()
+@pgvector_option()
+@click.option("--collection", "--table", "collection", metavar="NAME", required=True,
+              help="The alias to switch back.")
+def rollback_command(qdrant: str | None, pgvector: str | None, collection: str) -> None:
     """Point alias NAME back at the collection it pointed at before the last switch."""
-    previous = rollback(qdrant, collection)
+    previous = rollback(store_target(qdrant, pgvector), collection)
     click.echo(f"'{collection}' now points at {previous}")
 
 
 @command.command("cleanup")
-@click.option("--qdrant", "qdrant", metavar="TARGET", required=True, help=QDRANT_HELP)
-@click.option("--collection", metavar="NAME", required=True, help="The alias whose old versions to drop.")
+@qdrant_option()
+@pgvector_option()
+@click.option("--collection", "--table", "collection", metavar="NAME", required=True,
+              help="The alias whose old versions to drop.")
 @click.option("--dry-run", is_flag=True, help="List what would be dropped.")
-def cleanup_command(qdrant: str, collection: str, dry_run: bool) -> None:
+def cleanup_command(qdrant: str | None, pgvector: str | None, collection: str, dry_run: bool) -> None:
     """Drop NAME's versions the alias does not point at (and abandon an unfinished reindex)."""
-    dropped = cleanup(qdrant, collection, dry_run=dry_run)
+    dropped = cleanup(store_target(qdrant, pgvector), collection, dry_run=dry_run)
     verb = "would drop" if dry_run else "dropped"
     click.echo(f"{verb} {', '.join(dropped)}" if dropped else "nothing to drop")

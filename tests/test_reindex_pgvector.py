@@ -12,21 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import tests.test_reindex_resume as resume_tests
+from safeclip_sdk.cli.main import cli
 from safeclip_sdk.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.pgvector import PgVectorStore
 from safeclip_sdk.reindex import reindex
 from tests.reindex_world import everything, make_text_collection, without_reserved
 from tests.test_reindex import (  # noqa: F401 - collected here with this module's fixtures
-    test_an_unfinished_job_resumes_only_with_its_settings, test_complete_point_gives_an_application_point_the_safe_layout,
-    test_dry_run_writes_nothing, test_full_mode_replaces_one_named_vector_and_carries_the_others,
-    test_missing_collection_and_missing_field, test_plain_collection_is_adopted_only_when_asked_and_can_roll_back,
+    test_an_unfinished_job_resumes_only_with_its_settings,
+    test_complete_point_gives_an_application_point_the_safe_layout, test_dry_run_writes_nothing,
+    test_full_mode_replaces_one_named_vector_and_carries_the_others, test_missing_collection_and_missing_field,
+    test_plain_collection_is_adopted_only_when_asked_and_can_roll_back,
     test_second_reindex_makes_a_new_version_and_drop_old, test_side_by_side_adds_safe_vectors_and_scores,
     test_side_by_side_keep_leaves_unreadable_points_without_a_safe_vector,
-    test_unreadable_sources_are_left_out_and_counted_with_skip, test_unreadable_sources_keep_their_old_vectors_with_a_flag,
-    test_vector_size_that_does_not_fit_the_model)
+    test_unreadable_sources_are_left_out_and_counted_with_skip,
+    test_unreadable_sources_keep_their_old_vectors_with_a_flag, test_vector_size_that_does_not_fit_the_model)
 from tests.test_reindex_live import (  # noqa: F401
     test_three_way_rule_after_the_switch, test_writer_through_the_whole_reindex_loses_nothing)
 from tests.test_reindex_resume import (  # noqa: F401
@@ -82,3 +85,30 @@ def test_the_new_table_gets_its_hnsw_indexes_before_the_switch(store, encoder):
     assert store.hnsw_columns("docs-v0") == set()  # the source was never finished by the reindex
     new = everything(store, "docs")
     assert {i: without_reserved(p.payload) for i, p in new.items()} == payloads
+
+
+def test_cli_reindex_rollback_cleanup_with_pgvector(store, pg_dsn, tmp_path, encoder, tiny_model_dir, monkeypatch):
+    make_text_collection(store, "docs-v0", 40, encoder.space.stored_dim, alias="docs")
+    runner = CliRunner()
+    base = ["reindex", "--pgvector", pg_dsn, "--table", "docs", "--model", str(tiny_model_dir),
+            "--text-field", "text", "--no-progress"]
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        done = runner.invoke(cli, base + ["--batch-size", "16"])
+        assert done.exit_code == 0, done.output
+        assert "docs-v0 -> docs-safeclip-v1 (side-by-side), 40 points" in done.output
+    assert store.hnsw_columns("docs") == {"", "safe"}
+    monkeypatch.setenv("SAFECLIP_PG_DSN", pg_dsn)
+    back = runner.invoke(cli, ["reindex", "rollback", "--pgvector", "--collection", "docs"])
+    assert back.exit_code == 0 and "now points at docs-v0" in back.output
+    assert store.alias_target("docs") == "docs-v0"
+    secret = "never-on-the-command-line"
+    with_password = pg_dsn.replace("postgres@", f"postgres:{secret}@")
+    refused = runner.invoke(cli, ["reindex", "cleanup", "--pgvector", with_password, "--table", "docs"])
+    assert refused.exit_code == 2 and "password on the command line is refused" in refused.output
+    assert secret not in refused.output
+    both = runner.invoke(cli, ["reindex", "cleanup", "--pgvector", pg_dsn, "--qdrant", str(tmp_path),
+                               "--table", "docs"])
+    assert both.exit_code == 2 and "exactly one of --qdrant TARGET and --pgvector DSN" in both.output
+    gone = runner.invoke(cli, ["reindex", "cleanup", "--pgvector", pg_dsn, "--table", "docs"])
+    assert gone.exit_code == 0 and "dropped docs-safeclip-v1" in gone.output
+    assert store.list_collections() == ["docs-v0"]
