@@ -357,8 +357,10 @@ class PgVectorStore(VectorStore):
                                          f"and this role may not install it (an administrator can: "
                                          f"CREATE EXTENSION vector)") from None
                 register_vector(conn)
-                # filtered searches keep scanning the HNSW graph until they have `limit` hits, in order
-                conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', false)")
+                version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+                if _version(version) >= (0, 8):  # older pgvector has no iterative scans (and refuses the setting)
+                    # filtered searches keep scanning the HNSW graph until they have `limit` hits, in order
+                    conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', false)")
             except BaseException:
                 conn.close()
                 raise
@@ -396,3 +398,7 @@ class PgVectorStore(VectorStore):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
