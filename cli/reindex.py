@@ -8,8 +8,8 @@ import json
 import click
 
 from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
-from safeclip_sdk.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCORE_FIELD, MODES, cleanup, reindex,
-                                  rollback)
+from safeclip_sdk.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCORE_FIELD, MODES, UNSAFE_SCORE_FIELD,
+                                  cleanup, reindex, rollback)
 
 
 @click.group("reindex", invoke_without_command=True)
@@ -31,9 +31,10 @@ from safeclip_sdk.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCOR
 @click.option("--drop-old", is_flag=True, help="Drop the old collection once the new one is verified and live.")
 @click.option("--allow-urls", is_flag=True, help="Let the image field hold http(s) URLs (size and time limited).")
 @click.option("--adopt", is_flag=True, help="Turn a plain collection NAME into an alias (a moment of downtime).")
-@click.option("--score-field", default=DEFAULT_SCORE_FIELD, show_default=True,
-              help="Payload key of the side-by-side moderation score.")
-@click.option("--no-score", is_flag=True, help="Side-by-side without the moderation score.")
+@click.option("--score-field", default=None,
+              help=f"Payload key of the moderation score [default: {DEFAULT_SCORE_FIELD} for the side-by-side "
+                   f"shift score, {UNSAFE_SCORE_FIELD} for a HySAC model's unsafe score].")
+@click.option("--no-score", is_flag=True, help="Store no moderation score.")
 @click.option("--report", metavar="PATH", type=click.Path(dir_okay=False),
               help="JSON report (default: reindex-NAME.json in the current folder).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")

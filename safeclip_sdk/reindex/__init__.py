@@ -28,14 +28,14 @@ from .engine import (ABANDONED, MAX_PASSES, VERIFY_SAMPLE, Job, ReindexReport, c
 from .pipeline import PointBuilder
 from .sources import SourceReader
 from .plan import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_RANGES, DEFAULT_SCORE_FIELD, ERROR_FIELD, FULL, MODES,
-                   ON_ERROR, SIDE_BY_SIDE, Plan, ReindexError, choose_vectors, has_field, model_probe,
+                   ON_ERROR, SIDE_BY_SIDE, UNSAFE_SCORE_FIELD, Plan, ReindexError, choose_vectors, has_field, model_probe,
                    parse_vector_options,
                    resolve_source, target_layout, version_name, versions)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["reindex", "rollback", "cleanup", "complete_point", "ReindexReport", "ReindexError", "DEFAULT_MODE",
-           "MODES", "FULL", "SIDE_BY_SIDE", "DEFAULT_SCORE_FIELD", "ERROR_FIELD", "DEFAULT_BATCH_SIZE"]
+           "MODES", "FULL", "SIDE_BY_SIDE", "DEFAULT_SCORE_FIELD", "UNSAFE_SCORE_FIELD", "ERROR_FIELD", "DEFAULT_BATCH_SIZE"]
 
 
 def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str | os.PathLike | None = None, *,
@@ -43,7 +43,7 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             text_field: str | None = None, vectors: Mapping[str, str] | Sequence[str] | None = None,
             on_error: str = "keep", batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,
             drop_old: bool = False, allow_urls: bool = False, adopt: bool = False,
-            score_field: str = DEFAULT_SCORE_FIELD, score: bool = True, report: str | os.PathLike | None = None,
+            score_field: str | None = None, score: bool = True, report: str | os.PathLike | None = None,
             encoder=None, num_ranges: int = DEFAULT_RANGES, max_passes: int = MAX_PASSES,
             verify_samples: int = VERIFY_SAMPLE, progress: bool = True) -> ReindexReport | dict[str, Any]:
     """Re-embed the collection behind the alias ``collection`` with a safe model, without downtime.
@@ -55,7 +55,8 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
         model: a safeclip model folder or ONNX export (loaded with the fastest runtime); or pass ``encoder``.
         mode: ``full`` (safe vectors replace the re-embedded ones under their names) or
             ``side-by-side`` (originals kept, safe vectors added as ``<name>_safe`` / ``safe``, plus the
-            shift score in the payload under ``score_field``).
+            shift score in the payload under ``score_field``). A model whose space scores safety
+            itself (HySAC: distance from the origin) stores that score instead, in either mode.
         image_field, image_root: payload field with an image path, resolved under ``image_root``.
         text_field: payload field with a text.
         vectors: which vector each source re-embeds, ``{"image": NAME, "text": NAME}`` or
@@ -67,7 +68,9 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
         drop_old: drop the old collection once the new one is verified and live.
         allow_urls: let ``image_field`` hold http(s) URLs (downloaded with size and time limits).
         adopt: allow turning a plain collection ``collection`` into an alias (see docs/reindex.md).
-        score: store the side-by-side shift score (False: ``--no-score``).
+        score_field: payload key of the score (default ``safeclip_shift`` for the shift score,
+            ``safeclip_unsafe_score`` for a model's own unsafe score).
+        score: store the score (False: ``--no-score``).
         report: path of a JSON report (counts, passes, verification, every failed source).
         num_ranges: id ranges the job is split into, each with its own cursor.
         max_passes: reconciliation passes before the switch, at most.
@@ -84,8 +87,6 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
     vector_names = parse_vector_options(vectors) if isinstance(vectors, (list, tuple)) else dict(vectors or {})
     sources = {"image_field": image_field, "text_field": text_field, "allow_urls": bool(allow_urls),
                "image_root": str(Path(image_root).resolve()) if image_root else None}
-    settings = {"mode": mode, "vectors": vector_names, "on_error": on_error,
-                "score_field": score_field if score and mode == SIDE_BY_SIDE else None, **sources}
     reader = _reader(sources)
     store = open_store(qdrant)
     try:
@@ -93,6 +94,8 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             from ..encoder import Encoder
 
             encoder = Encoder.load(model, backend="auto")
+        settings = {"mode": mode, "vectors": vector_names, "on_error": on_error,
+                    "score_field": _score_field(encoder, mode, score, score_field), **sources}
         label = repr(encoder) if model is None else (
             str(Path(model).resolve()) if Path(model).exists() else os.fspath(model))
         started = time.time()
@@ -145,6 +148,16 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             store.close()
 
 
+def _score_field(encoder, mode: str, score: bool, score_field: str | None) -> str | None:
+    """Where the moderation score goes: the model's own unsafe score in any mode, else the shift
+    score in side-by-side mode (it needs the original vector); None when nothing is stored."""
+    if not score:
+        return None
+    if encoder.space.has_unsafe_score:
+        return score_field or UNSAFE_SCORE_FIELD
+    return (score_field or DEFAULT_SCORE_FIELD) if mode == SIDE_BY_SIDE else None
+
+
 def _reader(sources: dict[str, Any]) -> SourceReader:
     return SourceReader(image_field=sources["image_field"], image_root=sources["image_root"],
                         text_field=sources["text_field"], allow_urls=sources["allow_urls"])
@@ -159,7 +172,7 @@ def _plan(store: VectorStore, alias: str, source: str, encoder, settings: dict[s
                            earlier_safe)
     target_specs, safe_names = target_layout(specs, kinds, settings["mode"], encoder.space, source)
     score_field = settings["score_field"]
-    if score_field:
+    if score_field and not encoder.space.has_unsafe_score:
         for name in kinds:
             if specs[name].size != encoder.space.dim:
                 raise ReindexError(f"the shift score compares the original and the safe embedding, but vector "

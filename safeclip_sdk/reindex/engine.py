@@ -188,7 +188,17 @@ class Job:
         self.store.write_state(st.index_key(plan.target), {
             "mode": plan.mode, "model": self.job["model"], "space": self.job["space"],
             "vectors": {name: plan.safe_names[name] for name in plan.kinds},
-            "score_field": plan.score_field, "threshold": None})
+            "score_field": plan.score_field, "threshold": self._score_threshold()})
+
+    def _score_threshold(self) -> float | None:
+        """The calibrated threshold of a model's own unsafe score (HySAC), for ``max_score``
+        filters; the shift score has none until one is calibrated on labelled data."""
+        hysac = getattr(self.builder.encoder, "hysac", None)  # HySACSettings of a HySAC model, else None
+        if hysac is None or not self.plan.score_field:
+            return None
+        kind = next(iter(self.plan.kinds.values()), "image")
+        threshold = hysac.thresholds.get(kind, hysac.threshold)
+        return None if threshold is None else float(threshold)
 
     # --- bookkeeping ---
 

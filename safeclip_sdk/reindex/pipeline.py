@@ -69,9 +69,12 @@ class PointBuilder:
                 if embedding is None:
                     continue
                 safe_name = plan.safe_names[name]
-                vectors[safe_name] = self.encoder.space.to_stored(embedding[None, :])[0]
+                space = self.encoder.space
+                vectors[safe_name] = space.to_stored(embedding[None, :])[0]
                 original = point.vectors.get(name)
-                if plan.mode != FULL and original is not None and original.shape == embedding.shape:
+                if space.has_unsafe_score:
+                    scores.append(float(space.unsafe_score(embedding[None, :])[0]))
+                elif plan.mode != FULL and original is not None and original.shape == embedding.shape:
                     scores.append(float(shift_score(original[None, :], embedding[None, :])[0]))
             if position in reasons:
                 payload[ERROR_FIELD] = "; ".join(reasons[position])

@@ -29,6 +29,8 @@ ON_ERROR = ("keep", "skip")
 
 #: payload key of the side-by-side moderation score (1 - cos(original, safe))
 DEFAULT_SCORE_FIELD = "safeclip_shift"
+#: payload key of the score a model's own space gives (HySAC: distance from the origin), in any mode
+UNSAFE_SCORE_FIELD = "safeclip_unsafe_score"
 #: payload key set on points whose source could not be read and that kept their old vectors
 ERROR_FIELD = "safeclip_source_error"
 #: suffix of the safe vector added next to a named original vector in side-by-side mode
@@ -88,8 +90,9 @@ class Plan:
 
     def reserved_fields(self) -> tuple[str, ...]:
         """Payload keys the reindex writes (left out of payload comparisons)."""
-        extra = (self.score_field,) if self.score_field and self.score_field != DEFAULT_SCORE_FIELD else ()
-        return (ERROR_FIELD, DEFAULT_SCORE_FIELD) + extra
+        defaults = (ERROR_FIELD, DEFAULT_SCORE_FIELD, UNSAFE_SCORE_FIELD)
+        extra = (self.score_field,) if self.score_field and self.score_field not in defaults else ()
+        return defaults + extra
 
     def to_dict(self) -> dict[str, Any]:
         return {
