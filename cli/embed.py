@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from safeclip_sdk.cli.engine import engine_options
 from safeclip_sdk.embed import embed
 from safeclip_sdk.encoder import BACKENDS, PRECISIONS
 
@@ -22,8 +23,10 @@ from safeclip_sdk.encoder import BACKENDS, PRECISIONS
 @click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Items per saved chunk (the unit of resumption).")
 @click.option("--no-resume", is_flag=True, help="Start over instead of continuing an interrupted run.")
+@engine_options
 def command(model: str, input_path: str, output: str, backend: str, precision: str, batch_size: int,
-            device: str, kind: str | None, chunk_size: int, no_resume: bool) -> None:
+            device: str, kind: str | None, chunk_size: int, no_resume: bool, engine: str, workers: int,
+            gpus_per_worker: float, ray_address: str | None) -> None:
     """Embed INPUT with MODEL into OUTPUT (.npy with OUTPUT.ids.json, or .parquet).
 
     INPUT is a folder of images (recursive; ids are relative paths), a text file (one text per
@@ -33,5 +36,6 @@ def command(model: str, input_path: str, output: str, backend: str, precision: s
     left as it was.
     """
     report = embed(model, input_path, output, kind=kind, backend=backend, precision=precision,
-                   batch_size=batch_size, device=device, resume=not no_resume, chunk_size=chunk_size)
+                   batch_size=batch_size, device=device, resume=not no_resume, chunk_size=chunk_size,
+                   engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address)
     click.echo(report.summary())

@@ -7,6 +7,7 @@ import json
 
 import click
 
+from safeclip_sdk.cli.engine import engine_options
 from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 from safeclip_sdk.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCORE_FIELD, MODES, UNSAFE_SCORE_FIELD,
                                   cleanup, reindex, rollback)
@@ -38,10 +39,11 @@ from safeclip_sdk.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCOR
 @click.option("--report", metavar="PATH", type=click.Path(dir_okay=False),
               help="JSON report (default: reindex-NAME.json in the current folder).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@engine_options
 @click.pass_context
 def command(ctx: click.Context, qdrant, pgvector, collection, model, mode, image_field, image_root, text_field,
             vectors, on_error, batch_size, dry_run, drop_old, allow_urls, adopt, score_field, no_score, report,
-            no_progress) -> None:
+            no_progress, engine, workers, gpus_per_worker, ray_address) -> None:
     """Re-embed the collection behind alias NAME with MODEL into NAME-safeclip-vN, keep it in step
     with live writes, verify it and switch the alias; the old collection stays for rollback.
 
@@ -50,6 +52,8 @@ def command(ctx: click.Context, qdrant, pgvector, collection, model, mode, image
     safeclip reindex rollback --qdrant ./db --collection photos
     safeclip reindex cleanup --qdrant ./db --collection photos
     safeclip reindex --pgvector postgresql://search@db:5432/catalog --table items --model runs/safe --text-field t
+    safeclip reindex --qdrant https://qdrant:6333 --collection photos --model runs/safe --image-field path \
+        --image-root /shared/photos --engine ray --workers 8 --gpus-per-worker 1
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -61,7 +65,8 @@ def command(ctx: click.Context, qdrant, pgvector, collection, model, mode, image
                      text_field=text_field, vectors=list(vectors), on_error=on_error, batch_size=batch_size,
                      dry_run=dry_run, drop_old=drop_old, allow_urls=allow_urls, adopt=adopt,
                      score_field=score_field, score=not no_score,
-                     report=None if dry_run else (report or f"reindex-{collection}.json"), progress=not no_progress)
+                     report=None if dry_run else (report or f"reindex-{collection}.json"), progress=not no_progress,
+                     engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address)
     click.echo(json.dumps(result, indent=2, default=str) if dry_run else result.summary())
 
 

@@ -65,7 +65,8 @@ class EmbedReport:
 def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.PathLike, *,
           kind: Literal["image", "text"] | None = None, backend: str = "torch", precision: str = "fp32",
           batch_size: int = 32, device: str = "auto", resume: bool = True, chunk_size: int = 1024,
-          progress: bool = True, on_chunk_done: Callable[[int, int], None] | None = None) -> EmbedReport:
+          progress: bool = True, on_chunk_done: Callable[[int, int], None] | None = None, engine: str = "local",
+          workers: int = 1, gpus_per_worker: float = 0, ray_address: str | None = None) -> EmbedReport:
     """Embed every image under a folder, or every text of a file, into one output file.
 
     Args:
@@ -81,6 +82,10 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
             first run's).
         on_chunk_done: called as ``on_chunk_done(chunk_index, chunk_count)`` after each newly
             computed chunk is saved.
+        engine: ``local`` (this process) or ``ray``: the pending chunks go through a Ray Data actor
+            pool of ``workers`` actors, one Encoder each (``gpus_per_worker`` GPUs each), on the
+            cluster at ``ray_address`` (default: ``RAY_ADDRESS`` or a local Ray); this process saves
+            the chunks, so only the inputs must be reachable from every worker. Needs ``[ray]``.
 
     Raises:
         DataError: bad inputs or output path, or every item failed (``OUTPUT`` is then left as it
@@ -104,7 +109,19 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
     chunk_count = math.ceil(len(ids) / chunk_size)
     pending = [i for i in range(chunk_count) if not _chunk_meta(work, i).is_file()]
     reused = chunk_count - len(pending)
-    if pending:
+    if pending and engine != "local":
+        try:
+            from .embed_ray import embed_chunks_ray
+
+            embed_chunks_ray(model, inputs, work, state, kind, pending, progress, on_chunk_done,
+                             encoder_options={"backend": backend, "device": device, "precision": precision,
+                                              "batch_size": batch_size},
+                             engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, address=ray_address)
+        except BaseException:
+            if not any(_chunk_meta(work, i).is_file() for i in range(chunk_count)):
+                shutil.rmtree(work)  # nothing done: leave no work folder in the way of the next run
+            raise
+    elif pending:
         try:
             encoder = Encoder.load(model, backend, device=device, precision=precision, batch_size=batch_size)
         except BaseException:

@@ -45,7 +45,8 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             drop_old: bool = False, allow_urls: bool = False, adopt: bool = False,
             score_field: str | None = None, score: bool = True, report: str | os.PathLike | None = None,
             encoder=None, num_ranges: int = DEFAULT_RANGES, max_passes: int = MAX_PASSES,
-            verify_samples: int = VERIFY_SAMPLE, progress: bool = True) -> ReindexReport | dict[str, Any]:
+            verify_samples: int = VERIFY_SAMPLE, progress: bool = True, engine: str = "local", workers: int = 1,
+            gpus_per_worker: float = 0, ray_address: str | None = None) -> ReindexReport | dict[str, Any]:
     """Re-embed the collection behind the alias ``collection`` with a safe model, without downtime.
 
     Args:
@@ -75,6 +76,10 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
         num_ranges: id ranges the job is split into, each with its own cursor.
         max_passes: reconciliation passes before the switch, at most.
         verify_samples: points whose vectors are recomputed and compared before the switch.
+        engine: ``local`` (this process) or ``ray``: the copy phase runs on a Ray Data actor pool of
+            ``workers`` actors, each holding one Encoder loaded from ``model`` (with ``gpus_per_worker``
+            GPUs each), on the cluster at ``ray_address`` (default: ``RAY_ADDRESS`` or a local Ray).
+            Needs the ``[ray]`` extra; see docs/reindex.md.
     """
     if mode not in MODES:
         raise ReindexError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
@@ -84,6 +89,17 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
         raise ReindexError(f"batch size must be at least 1, got {batch_size}")
     if encoder is None and model is None:
         raise ReindexError("name the safe model (a model folder or ONNX export)")
+    if engine != "local":
+        from ..distributed_ray import check_engine, connect
+
+        check_engine(engine, workers, gpus_per_worker)
+        if model is None:
+            raise ReindexError("engine 'ray' needs the model's path: each Ray actor loads its own Encoder")
+        if not dry_run:
+            connect(ray_address, workers, gpus_per_worker, progress=False)  # fails fast, before anything is written
+    distributed = None if engine == "local" else {
+        "model": str(Path(model).resolve()) if Path(model).exists() else os.fspath(model), "target": qdrant, "workers": workers, "gpus_per_worker": gpus_per_worker,
+        "address": ray_address}
     vector_names = parse_vector_options(vectors) if isinstance(vectors, (list, tuple)) else dict(vectors or {})
     sources = {"image_field": image_field, "text_field": text_field, "allow_urls": bool(allow_urls),
                "image_root": str(Path(image_root).resolve()) if image_root else None}
@@ -127,7 +143,7 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             plan = _plan(store, collection, source, encoder, settings, batch_size,
                          next_version(store, collection, history))
             job = start_job(store, plan, label, probe, encoder.space.to_dict(), settings, history, num_ranges)
-        runner = Job(store, job, PointBuilder(Plan.from_dict(job["plan"]), encoder, reader), **options)
+        runner = _runner(store, job, PointBuilder(Plan.from_dict(job["plan"]), encoder, reader), options, distributed)
         runner.run()
         plan = runner.plan
         dropped = False
@@ -156,6 +172,16 @@ def _score_field(encoder, mode: str, score: bool, score_field: str | None) -> st
     if encoder.space.has_unsafe_score:
         return score_field or UNSAFE_SCORE_FIELD
     return (score_field or DEFAULT_SCORE_FIELD) if mode == SIDE_BY_SIDE else None
+
+
+def _runner(store: VectorStore, job: dict[str, Any], builder: PointBuilder, options: dict[str, Any],
+            distributed: dict[str, Any] | None) -> Job:
+    """The local Job, or one whose copy phase runs on Ray (imported only then)."""
+    if distributed is None:
+        return Job(store, job, builder, **options)
+    from .ray_engine import RayJob
+
+    return RayJob(store, job, builder, **distributed, **options)
 
 
 def _reader(sources: dict[str, Any]) -> SourceReader:
