@@ -143,3 +143,24 @@ def test_without_the_ray_engine_nothing_of_ray_is_imported():
             "loaded = [name for name in sys.modules if name == 'ray' or name.startswith('ray.')]\n"
             "assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_against_a_server_the_actors_write_and_the_result_is_the_same(tmp_path, local_ray, encoder,
+                                                                      tiny_model_dir, pg_dsn):
+    from safeclip_sdk.reindex.ray_engine import workers_write
+
+    assert workers_write(pg_dsn) and not workers_write(str(tmp_path / "db"))
+    store = open_store(pg_dsn)
+    make_world(store, encoder.space.stored_dim)
+    store.close()
+    report = reindex(pg_dsn, "docs", tiny_model_dir, text_field="text", batch_size=16, num_ranges=4,
+                     progress=False, engine="ray", workers=2)
+
+    assert report.embedded == COUNT and report.kept == 2
+    assert report.passes[0]["missing"] == report.passes[0]["changed"] == 0
+    store = open_store(pg_dsn)
+    job = store.read_state("reindex:docs")
+    assert all(span["done"] for span in job["ranges"]) and job["counters"]["copied"] == COUNT + 2
+    written = everything(store, "docs")
+    store.close()
+    assert_same_collection(written, local_result(tmp_path, encoder))
