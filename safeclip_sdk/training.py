@@ -56,7 +56,7 @@ def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> T
     if not isinstance(config, TrainConfig):
         config = load_config(config, overrides)
     elif overrides:
-        config = load_config(None, {**_flatten(to_dict(config)), **overrides})
+        config = load_config(None, {**_flatten(to_dict(config), new_method=overrides.get("method")), **overrides})
     else:
         validate_config(config)
     device = resolve_device(config.device)
@@ -188,7 +188,14 @@ def _save_trained_model(model_dir: Path, base: LoadedModel, merged: torch.nn.Mod
                    model_card=render_model_card(metadata))
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(values: dict[str, Any], prefix: str = "", new_method: str | None = None) -> dict[str, Any]:
+    """Dotted keys of a nested config; with ``new_method`` (the method an override selects), without the
+    section of the config's current method, whose settings do not apply to the new one."""
+    if new_method is not None and new_method != values.get("method"):
+        from .methods import get_method
+
+        section = get_method(values["method"]).section
+        values = {key: value for key, value in values.items() if key != section}
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict) and key != "weights":

@@ -55,6 +55,16 @@ def test_method_settings_live_in_their_section_and_the_method_override_applies_f
     assert load_config(None, {"loss.tau": 0.03}).method_config.tau == 0.03
 
 
+def test_a_config_object_can_be_retrained_with_another_method(tmp_path):
+    # the old method's section is dropped, the new one's keys apply; validation runs before any file is written
+    from safeclip_sdk.config import TrainConfig
+
+    config = TrainConfig(output_dir=str(tmp_path / "run"))
+    with pytest.raises(SafeclipError, match="'hysac.curv_init' must be greater than 0"):
+        train(config, method="hysac", **{"hysac.curv_init": -1.0})
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"method": "safer-clip", "safer_clip.tau": 0}, "'safer_clip.tau' must be greater than 0"),
     ({"method": "safer-clip", "safer_clip.curriculum.quantiles": [0.3, 0.6]}, "quantiles must decrease"),
