@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 from .errors import SafeclipError
@@ -15,6 +16,7 @@ from .errors import SafeclipError
 try:
     import ray
     import ray.data
+    import ray.exceptions
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise SafeclipError("engine 'ray' needs Ray Data: pip install 'safeclip[ray]'") from error
 
@@ -66,18 +68,38 @@ def pool_options(workers: int, gpus_per_worker: float, batch_size: int) -> dict[
     return options
 
 
-def load_encoder(model: str, backend: str = "auto", **options):
-    """The Encoder an actor holds (``device="auto"`` sees only the GPUs Ray gave the actor)."""
-    from .encoder import Encoder
+class EncoderActor:
+    """Base of the pool's actors: holds one Encoder (``device="auto"`` sees only the GPUs Ray gave
+    the actor). A model that does not load is reported by the first batch as safeclip's one-line
+    error: an actor that dies in its constructor leaves only a traceback."""
 
-    return Encoder.load(model, backend, **options)
+    def __init__(self, model: str, backend: str = "auto", **options):
+        from .encoder import Encoder
+
+        self.encoder, self.load_error = None, None
+        try:
+            self.encoder = Encoder.load(model, backend, **options)
+        except SafeclipError as error:
+            self.load_error = str(error)
+
+    def check_loaded(self) -> None:
+        if self.load_error is not None:
+            raise SafeclipError(f"a Ray worker could not load the model: {self.load_error}")
 
 
 def unwrap(error: BaseException) -> BaseException:
-    """The safeclip error behind a failed Ray task (so the CLI prints its one line), else ``error``."""
+    """The safeclip error behind a failed Ray task, as one line (the CLI prints it without a
+    traceback); any other error as it is."""
     cause = error
     while cause is not None:
-        if isinstance(cause, SafeclipError):
-            return SafeclipError(str(cause).splitlines()[-1] if "\n" in str(cause) else str(cause))
+        if isinstance(cause, SafeclipError) and not isinstance(cause, ray.exceptions.RayError):
+            return cause
+        # a remote error often arrives only as the text of its traceback
+        found = _REMOTE_ERROR.findall(str(cause))
+        if found:
+            return SafeclipError(found[-1])
         cause = getattr(cause, "cause", None) or cause.__cause__
     return error
+
+
+_REMOTE_ERROR = re.compile(r"safeclip_sdk\.errors\.\w+: (.+)")

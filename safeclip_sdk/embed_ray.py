@@ -51,15 +51,16 @@ def embed_chunks_ray(model, inputs: Path, work: Path, state: dict[str, Any], kin
             raise dray.unwrap(error) from error
 
 
-class ChunkActor:
+class ChunkActor(dray.EncoderActor):
     """Holds one Encoder; embeds whole chunks of the job's items."""
 
     def __init__(self, model: str, encoder_options: dict[str, Any], kind: str, inputs: str, ids: list,
                  texts: list[str] | None, chunk_size: int):
-        self.encoder = dray.load_encoder(model, **encoder_options)
+        super().__init__(model, **encoder_options)
         self.kind, self.inputs, self.ids, self.texts, self.chunk_size = kind, Path(inputs), ids, texts, chunk_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_loaded()
         arrays, metas = [], []
         for index in batch["chunk"]:
             span = _chunk_range(int(index), self.chunk_size, len(self.ids))

@@ -12,15 +12,9 @@ from click.testing import CliRunner
 from safeclip_sdk.cli.main import cli
 from safeclip_sdk.embed import embed
 from tests.reindex_world import text_of, write_image
+from tests.ray_world import local_ray  # noqa: F401 - the session's Ray
 
-ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytest.importorskip("ray")
 
 
 def assert_same_output(left, right) -> None:
@@ -76,3 +70,15 @@ def test_a_gpu_request_on_a_cpu_only_host_fails_at_once_and_leaves_no_work_folde
     assert result.exit_code != 0
     assert "need 1 GPU(s)" in result.output and "Traceback" not in result.output
     assert not (tmp_path / ".out.npy.parts").exists() and not (tmp_path / "out.npy").exists()
+
+
+def test_a_model_the_workers_cannot_load_is_one_line(tmp_path, local_ray):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a cat\n")
+    (tmp_path / "not-a-model").mkdir()
+    result = CliRunner().invoke(cli, ["embed", str(tmp_path / "not-a-model"), str(texts), str(tmp_path / "out.npy"),
+                                      "--engine", "ray"])
+    assert result.exit_code != 0
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: a Ray worker could not load the model: ") and "open_clip folder" in last
+    assert not (tmp_path / ".out.npy.parts").exists()

@@ -22,18 +22,12 @@ from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import Point
 from safeclip_sdk.reindex import ERROR_FIELD, reindex
 from tests.reindex_world import everything, make_text_collection, original_vector
+from tests.ray_world import local_ray  # noqa: F401 - the session's Ray
 
 ray = pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[1]
 COUNT = 150
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -195,13 +195,11 @@ def _built_from_json(values: dict[str, Any]) -> Built:
 
 # --- the actors (one Encoder each) ---
 
-class EmbedActor:
+class EmbedActor(dray.EncoderActor):
     """Embeds the texts, image paths and image bytes of a batch of rows."""
 
-    def __init__(self, model: str):
-        self.encoder = dray.load_encoder(model)
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_loaded()
         count = len(batch["kind"])
         embeddings = np.zeros((count, self.encoder.embed_dim), dtype=np.float32)
         reasons = [""] * count
@@ -220,17 +218,19 @@ class EmbedActor:
                 "embedding": embeddings, "reason": np.array(reasons, dtype=object)}
 
 
-class WriteActor:
+class WriteActor(dray.EncoderActor):
     """Reads, embeds and writes whole pages with its own store connection and Encoder."""
 
     def __init__(self, model: str, target: str, plan: dict[str, Any]):
+        super().__init__(model)
         self.plan = Plan.from_dict(plan)
         self.store = open_store(target)
         reader = SourceReader(**{key: self.plan.sources[key] for key in
                                  ("image_field", "image_root", "text_field", "allow_urls")})
-        self.builder = PointBuilder(self.plan, dray.load_encoder(model), reader)
+        self.builder = PointBuilder(self.plan, self.encoder, reader)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_loaded()
         results = []
         for start, end in zip(batch["start"], batch["end"]):
             built = self.builder.build(self._page(json.loads(str(start)), json.loads(str(end))))
