@@ -96,10 +96,10 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
         if model is None:
             raise ReindexError("engine 'ray' needs the model's path: each Ray actor loads its own Encoder")
         if not dry_run:
-            connect(ray_address, workers, gpus_per_worker, progress=False)  # fails fast, before anything is written
+            connect(ray_address, workers, gpus_per_worker, progress=False)  # fails before anything is written
     distributed = None if engine == "local" else {
-        "model": str(Path(model).resolve()) if Path(model).exists() else os.fspath(model), "target": qdrant, "workers": workers, "gpus_per_worker": gpus_per_worker,
-        "address": ray_address}
+        "model": str(Path(model).resolve()) if Path(model).exists() else os.fspath(model), "target": qdrant,
+        "workers": workers, "gpus_per_worker": gpus_per_worker, "address": ray_address}
     vector_names = parse_vector_options(vectors) if isinstance(vectors, (list, tuple)) else dict(vectors or {})
     sources = {"image_field": image_field, "text_field": text_field, "allow_urls": bool(allow_urls),
                "image_root": str(Path(image_root).resolve()) if image_root else None}
