@@ -196,8 +196,17 @@ def test_hysac_trains_its_geometry_and_writes_the_lorentz_space_and_calibration(
     assert result.progress.best_step == 12
     assert float(checkpoint["method.head.log_curv"].exp()) == pytest.approx(space["curvature"], rel=1e-6)
 
-    loaded = load_model(str(run_dir / "model"))
-    assert loaded.metadata["method"] == "hysac"
+    # the folder's Encoder embeds like training did: classifying the validation texts at the stored
+    # text threshold reproduces the rates the calibration recorded
+    from safeclip_sdk.classify import classify
+    from safeclip_sdk.data import load_dataset
+
+    items = load_dataset(world["val"]).items
+    texts = [item.safe_text for item in items] + [item.unsafe_text for item in items]
+    labels = [result.label for result in classify(run_dir / "model", texts, device="cpu", backend="torch")]
+    recorded = block["calibration_modality"]["text"]["at_threshold"]
+    assert 100 * labels[:16].count("unsafe") / 16 == pytest.approx(recorded["fpr"])
+    assert 100 * labels[16:].count("safe") / 16 == pytest.approx(recorded["fnr"])
 
 
 def test_hysac_on_text_only_data_calibrates_on_texts(tiny_model_dir, world, tmp_path):

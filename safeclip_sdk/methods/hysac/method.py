@@ -73,9 +73,10 @@ class HySAC(Method):
         statistics per class and the default traversal boundary."""
         head, settings = self.head.eval(), self.method_config
         split = "val" if run.val_set is not None else "train"
-        points = self._points(run, model, split)
+        # fp32 points, as the model folder's Encoder embeds them; distances in fp64, as it scores them
+        points = {name: value.double() for name, value in self._points(run, model, split).items()}
         curv = float(head.curv)
-        distances = {name: L.distance_to_origin(value, curv).double().cpu().numpy() for name, value in points.items()}
+        distances = {name: L.distance_to_origin(value, curv).cpu().numpy() for name, value in points.items()}
         stats = class_distance_stats(points, curv)
 
         calibration_modality = {}
