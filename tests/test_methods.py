@@ -245,3 +245,14 @@ def test_an_interrupted_run_resumes_to_bitwise_the_same_model(tiny_model_dir, wo
     for key in ("embedding_space", "hysac"):
         saved = [json.loads((r.model_dir / "safeclip.json").read_text()).get(key) for r in (straight, resumed)]
         assert saved[0] == saved[1]
+
+
+def test_calibration_never_puts_the_threshold_on_a_score():
+    # an untrained model may put unsafe items nearer the origin: the best threshold flags nothing,
+    # and it must sit clear of the highest score, not on it, or recomputed distances flip that item
+    from safeclip_sdk.methods.hysac.calibration import calibrate
+
+    nothing = calibrate([2.0, 3.0], [0.5, 1.0])
+    assert nothing["threshold"] == pytest.approx(3.5) and nothing["at_threshold"]["fpr"] == 0.0
+    everything = calibrate([0.5], [2.0, 3.0], objective="accuracy")["accuracy_curve"]["threshold"]
+    assert everything[-1] == pytest.approx(-0.25)  # flags all: half the gap of 0.5 and 2.0 below 0.5

@@ -32,14 +32,20 @@ def _checked(name: str, values) -> np.ndarray:
 
 
 def _threshold_between(index: int, thresholds: np.ndarray) -> float:
-    """A threshold classifying like ``thresholds[index]``, halfway to its neighbour above.
+    """A threshold classifying like ``thresholds[index]``, halfway between the scores around it.
 
-    ``thresholds`` run from the highest score down (as ``moderation.roc_curve`` returns them).
+    ``thresholds`` run from the highest score down (as ``moderation.roc_curve`` returns them). At
+    the two ends (nothing flagged, everything flagged) the threshold lies half the neighbouring
+    gap beyond the highest or lowest score, never on a score: a distance recomputed with other
+    rounding (another runtime, an export) is classified the same.
     """
+    scores = thresholds[:-1]  # the distinct scores; the last threshold is below all of them
     if index == 0:
-        return float(thresholds[0])
+        gap = scores[0] - scores[1] if len(scores) > 1 else 1.0
+        return float(scores[0] + gap / 2.0)
     if index == len(thresholds) - 1:
-        return float(np.nextafter(thresholds[-2], -np.inf))
+        gap = scores[-2] - scores[-1] if len(scores) > 1 else 1.0
+        return float(scores[-1] - gap / 2.0)
     return float((thresholds[index] + thresholds[index - 1]) / 2.0)
 
 
