@@ -20,8 +20,6 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise SafeclipError("engine 'ray' needs Ray Data: pip install 'safeclip[ray]'") from error
 
-logger = logging.getLogger(__name__)
-
 ENGINES = ("local", "ray")
 
 

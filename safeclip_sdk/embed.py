@@ -99,6 +99,8 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
         _require_pyarrow()
     if chunk_size < 1:
         raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
+    if engine not in ("local", "ray"):
+        raise DataError(f"unknown engine '{engine}' (choose from local, ray)")
     kind = _detect_kind(inputs, kind)
     settings = {"model": _model_identity(model), "backend": backend, "precision": precision,
                 "kind": kind, "input": str(inputs.resolve())}

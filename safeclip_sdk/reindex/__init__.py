@@ -89,7 +89,9 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
         raise ReindexError(f"batch size must be at least 1, got {batch_size}")
     if encoder is None and model is None:
         raise ReindexError("name the safe model (a model folder or ONNX export)")
-    if engine != "local":
+    if engine not in ("local", "ray"):
+        raise ReindexError(f"unknown engine '{engine}' (choose from local, ray)")
+    if engine == "ray":
         from ..distributed_ray import check_engine, connect
 
         check_engine(engine, workers, gpus_per_worker)

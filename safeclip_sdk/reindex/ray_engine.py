@@ -18,7 +18,6 @@ the pages after each range's cursor.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
@@ -32,8 +31,6 @@ from .engine import Job
 from .pipeline import Built, PointBuilder, write_points
 from .plan import ERROR_FIELD, Plan, in_range
 from .sources import SourceReader
-
-logger = logging.getLogger(__name__)
 
 #: pages the driver hands to one actor pool run, per worker (the pool starts once per window)
 WINDOW_PAGES_PER_WORKER = 16
