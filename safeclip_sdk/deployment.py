@@ -30,8 +30,9 @@ from .data.quadruplets import QuadrupletSet
 from .deployment_report import DeploymentReport, recommend
 from .devices import resolve_device
 from .errors import SafeclipError
-from .evaluation import EmbeddingSet, Ranking, Similarity, cosine, encode_quadruplets, rank_ground_truth
-from .models import LoadedModel, load_model
+from .evaluation import (EmbeddingSet, Ranking, Similarity, cosine, encode_quadruplets, load_model_spec,
+                         rank_ground_truth)
+from .models import LoadedModel
 from .moderation import (BALANCED_ACCURACY, TARGET_FPR, calibrate_threshold, roc_auc, roc_curve, shift_score,
                          threshold_metrics)
 
@@ -219,7 +220,7 @@ def compare_deployments(base: ModelSpec, safe: ModelSpec, data: str | os.PathLik
     embeddings: dict[str, dict[str, EmbeddingSet]] = {}
     sources = {}
     for role, spec in (("base", base), ("safe", safe)):
-        model = _load(spec, device)
+        model = load_model_spec(spec, device)
         sources[role] = {"source": model.source, "pretrained": model.pretrained}
         embeddings[role] = {split: encode_quadruplets(model, items.items, batch_size=batch_size, device=device,
                                                       num_workers=num_workers, desc=f"encoding {split} ({role})")
@@ -256,13 +257,6 @@ def _notes(test_set: QuadrupletSet, val_set: QuadrupletSet | None, moderation: d
         if data is not None and data.bad_rows:
             notes.append(f"{data.path}: {len(data.bad_rows)} bad rows were skipped (first: `{data.bad_rows[0]}`).")
     return notes
-
-
-def _load(spec: ModelSpec, device: torch.device) -> LoadedModel:
-    if isinstance(spec, LoadedModel):
-        return spec
-    source, pretrained = (spec, None) if isinstance(spec, str) else spec
-    return load_model(source, pretrained, device=device)
 
 
 def percent(hits: np.ndarray) -> float:

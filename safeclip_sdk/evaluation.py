@@ -427,7 +427,7 @@ def evaluate(models: Mapping[str, ModelSpec], data: str | os.PathLike | Quadrupl
     results = {}
     notes = []
     for name, spec in models.items():
-        model = _load(spec, device)
+        model = load_model_spec(spec, device)
         space, hysac = model.space, model.hysac
         compare = similarity or space.similarity
         embeddings = encode_quadruplets(model, dataset.items, batch_size=batch_size, device=device,
@@ -521,7 +521,8 @@ def classification_metrics(emb: EmbeddingSet, space, hysac) -> dict[str, dict[st
     return results
 
 
-def _load(spec: ModelSpec, device: torch.device) -> LoadedModel:
+def load_model_spec(spec: ModelSpec, device: torch.device) -> LoadedModel:
+    """A model named as evaluation functions accept it: a source, ``(source, pretrained)`` or loaded."""
     if isinstance(spec, LoadedModel):
         return spec
     source, pretrained = (spec, None) if isinstance(spec, str) else spec
