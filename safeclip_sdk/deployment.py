@@ -30,9 +30,8 @@ from .data.quadruplets import QuadrupletSet
 from .deployment_report import DeploymentReport, recommend
 from .devices import resolve_device
 from .errors import SafeclipError
-from .evaluation import (EmbeddingSet, Ranking, Similarity, cosine, encode_quadruplets, load_model_spec,
+from .evaluation import (EmbeddingSet, ModelSpec, Ranking, Similarity, cosine, encode_quadruplets, load_model_spec,
                          rank_ground_truth)
-from .models import LoadedModel
 from .moderation import (BALANCED_ACCURACY, TARGET_FPR, calibrate_threshold, roc_auc, roc_curve, shift_score,
                          threshold_metrics)
 
@@ -50,7 +49,6 @@ TEXTS = "texts"
 DEFAULT_KS = (1, 10)
 DEFAULT_MIN_SAFE_RECALL_RATIO = 0.5
 
-ModelSpec = str | tuple[str, str | None] | LoadedModel
 
 
 def rank_with_hidden(queries: np.ndarray, gallery: np.ndarray, *, num_safe: int, hidden: np.ndarray | None = None,

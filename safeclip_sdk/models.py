@@ -283,7 +283,7 @@ def build_model(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None
 def load_model(source: str, pretrained: str | None = None, *,
                device: str | torch.device = "cpu") -> LoadedModel:
     """Load a CLIP model from any supported source (see module docstring) in fp32 eval mode."""
-    open_clip = open_clip_module()
+    open_clip_module()  # safeclip's architectures are registered before any name lookup
     if source.startswith("hf-hub:"):
         loaded = _load_hf_hub(source, device)
     else:
