@@ -8,7 +8,9 @@
 6. search: unsafe queries against a gallery of safe and unsafe images, base vs Safe-CLIP;
 7. a live vector database: the test images indexed in an embedded Qdrant collection with the base
    model, made safe by ``safeclip reindex`` while a writer keeps writing, each deployment measured
-   through Qdrant's own queries, and ``search.png`` drawn (see ``demo_vectordb``).
+   through Qdrant's own queries, and ``search.png`` drawn (see ``demo_vectordb``);
+8. with ``all_methods``: SafeR-CLIP and HySAC trained the same way, and base, Safe-CLIP, SafeR-CLIP
+   and HySAC evaluated side by side (see ``demo_methods``).
 
 Each stage reuses its output when the folder already holds it, so an interrupted demo resumes.
 """
@@ -59,11 +61,15 @@ class DemoResult:
     searches: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     vector_db: Any = None
+    methods: Any = None  # a demo_methods.MethodComparison with --all-methods
 
 
 def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, device: str = "auto",
-             seed: int = 0, export: bool = True, echo=print) -> DemoResult:
-    """Run the whole demo into ``output_dir`` and print what each stage did."""
+             seed: int = 0, export: bool = True, all_methods: bool = False, echo=print) -> DemoResult:
+    """Run the whole demo into ``output_dir`` and print what each stage did.
+
+    ``all_methods`` adds SafeR-CLIP and HySAC, trained with Safe-CLIP's settings, and one
+    evaluation of the four models side by side (see :mod:`safeclip_sdk.demo_methods`)."""
     from .data import build_demo_world
     from .evaluation import evaluate
     from .pretrain import pretrain_clip
@@ -96,15 +102,7 @@ def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, dev
     started = time.time()
     safe_dir = out / "safe-clip" / "model"
     if not (safe_dir / "safeclip.json").is_file():
-        safe_config = TrainConfig(
-            base_model=str(base_dir), pretrained=None, output_dir=str(out / "safe-clip"),
-            data=DataConfig(train=str(world["train"]), val=str(world["val"])),
-            lora=LoraConfig(rank=settings.lora_rank, alpha=float(settings.lora_rank), dropout=0.1,
-                            targets=["attn", "c_fc", "c_proj", "conv1"]),
-            epochs=settings.safe_epochs, batch_size=settings.safe_batch_size, lr=settings.safe_lr,
-            device=device, seed=seed, checkpoint_every=50, early_stopping_patience=2,
-            resume=(out / "safe-clip" / "checkpoints" / "latest").is_file())
-        train(safe_config)
+        train(method_config("safe-clip", out, base_dir, world, settings, device=device, seed=seed))
     stage("Safe-CLIP fine-tuning", started)
 
     started = time.time()
@@ -126,9 +124,32 @@ def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, dev
     started = time.time()
     vector_db = _vector_database(out, base_dir, onnx_dir or safe_dir, world, echo)
     stage("vector database", started)
+    methods = None
+    if all_methods:
+        from .demo_methods import compare_all_methods
+
+        methods = compare_all_methods(out, base_dir, safe_dir, world, settings, device=device, seed=seed, echo=echo)
+        seconds.update(methods.seconds)
     echo(f"demo finished: models in {out}, evaluation in {out / 'evaluation.md'}"
-         + (f", search picture in {vector_db.picture}" if vector_db else ""))
-    return DemoResult(out, base_dir, safe_dir, onnx_dir, report, searches, seconds, vector_db)
+         + (f", search picture in {vector_db.picture}" if vector_db else "")
+         + (f", method comparison in {methods.markdown_path}" if methods else ""))
+    return DemoResult(out, base_dir, safe_dir, onnx_dir, report, searches, seconds, vector_db, methods)
+
+
+def method_config(method: str, out: Path, base_dir: Path, world: dict[str, Path], settings: DemoSettings, *,
+                  device: str, seed: int) -> TrainConfig:
+    """The demo's fine-tuning run of ``method`` from the base in ``base_dir``, into ``out/METHOD``:
+    every method gets the same LoRA, epochs, batch size, learning rate and seed, and its own
+    config section at its defaults."""
+    run_dir = out / method
+    return TrainConfig(
+        method=method, base_model=str(base_dir), pretrained=None, output_dir=str(run_dir),
+        data=DataConfig(train=str(world["train"]), val=str(world["val"])),
+        lora=LoraConfig(rank=settings.lora_rank, alpha=float(settings.lora_rank), dropout=0.1,
+                        targets=["attn", "c_fc", "c_proj", "conv1"]),
+        epochs=settings.safe_epochs, batch_size=settings.safe_batch_size, lr=settings.safe_lr,
+        device=device, seed=seed, checkpoint_every=50, early_stopping_patience=2,
+        resume=(run_dir / "checkpoints" / "latest").is_file())
 
 
 def _vector_database(out: Path, base_dir: Path, safe_model: Path, world: dict[str, Path], echo):

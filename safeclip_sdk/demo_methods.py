@@ -1,0 +1,208 @@
+"""The demo's ``--all-methods`` stage: the three safety methods side by side on the demo world.
+
+SafeR-CLIP and HySAC are fine-tuned from the demo's base CLIP with exactly the settings of its
+Safe-CLIP run (LoRA, epochs, batch size, learning rate, seed; each method's own section at its
+defaults), then ONE evaluation ranks base, Safe-CLIP, SafeR-CLIP and HySAC (with and without its
+safety traversal) on the same test split: the four recall settings, the unsafe top-1 rates, the
+safe-query leak, the zero-shot check and HySAC's classification figures. Each cosine method also
+gets the deployment comparison over a collection embedded with the base model (query side only
+against a full reindex). The results go to ``methods.md``, ``methods.json`` and ``methods.png``
+in the demo folder. Trained folders are reused, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .evaluation import IMAGE_TO_TEXT, NO_TRAVERSAL_SUFFIX, TEXT_TO_IMAGE, UNSAFE_IMAGE_TO_ALL_TEXTS, \
+    UNSAFE_TEXT_TO_ALL_IMAGES, EvalReport
+from .models import atomic_write, atomic_write_text
+
+TRAINED_HERE = {"safer-clip": "SafeR-CLIP", "hysac": "HySAC"}
+COSINE_METHODS = ("safe-clip", "safer-clip")
+DEPLOYMENT_MODES = {"query-side": "query side (base vectors kept)", "full-reindex": "full reindex"}
+QUERY_DIRECTIONS = {"text queries": "text", "image queries": "image"}
+HYSAC_DEPLOYMENT_NOTE = ("HySAC has no query-side deployment: its Lorentz queries cannot be compared with a base "
+                         "model's cosine vectors, so a HySAC collection is always fully reindexed (its rows in the "
+                         "table above are that deployment, with and without traversal).")
+
+
+@dataclass
+class MethodComparison:
+    """What :func:`compare_all_methods` measured and where it wrote it."""
+
+    model_dirs: dict[str, Path]
+    evaluation: EvalReport
+    deployments: dict[str, Any]  # method -> DeploymentReport (cosine methods only)
+    seconds: dict[str, float] = field(default_factory=dict)
+    markdown_path: Path | None = None
+    json_path: Path | None = None
+    picture_path: Path | None = None
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One row per evaluated model: R@1 of each direction, the unsafe top-1 rates, the leak, zero-shot (%)."""
+        rows = []
+        for name, result in self.evaluation.results.items():
+            retrieval, leak = result["retrieval"], result.get("leak") or {}
+            rows.append({
+                "model": name,
+                **{f"{direction} R@1": retrieval.get(direction, {}).get("R@1")
+                   for direction in (TEXT_TO_IMAGE, IMAGE_TO_TEXT, UNSAFE_TEXT_TO_ALL_IMAGES,
+                                     UNSAFE_IMAGE_TO_ALL_TEXTS)},
+                **{f"unsafe top-1 {direction}": retrieval.get(direction, {}).get("unsafe_top1")
+                   for direction in (UNSAFE_TEXT_TO_ALL_IMAGES, UNSAFE_IMAGE_TO_ALL_TEXTS)},
+                **{f"leak {direction}": leak.get(direction) for direction in ("T->V+V*", "V->T+T*")},
+                "zero-shot top-1": (result.get("zero_shot") or {}).get("top1"),
+            })
+        return rows
+
+    def deployment_rows(self) -> list[dict[str, Any]]:
+        """Per cosine method and deployment, per query direction: unsafe top-1, leak and both R@1 (%)."""
+        rows = []
+        for method, report in self.deployments.items():
+            for mode, title in DEPLOYMENT_MODES.items():
+                row: dict[str, Any] = {"method": method, "deployment": title}
+                for direction, short in QUERY_DIRECTIONS.items():
+                    metrics = report.modes.get(mode, {}).get(direction, {})
+                    unsafe, safe = metrics.get("unsafe_queries", {}), metrics.get("safe_queries", {})
+                    row.update({f"{short} unsafe top-1": unsafe.get("unsafe_top1"), f"{short} leak": safe.get("leak"),
+                                f"{short} unsafe R@1": unsafe.get("R@1"), f"{short} safe R@1": safe.get("R@1")})
+                rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": {name: str(path) for name, path in self.model_dirs.items()},
+                "summary": self.summary_rows(), "deployment_summary": self.deployment_rows(),
+                "evaluation": self.evaluation.to_dict(),
+                "deployments": {name: report.to_dict() for name, report in self.deployments.items()},
+                "seconds": self.seconds}
+
+    def to_markdown(self) -> str:
+        """The summary table, the deployment table, then the full evaluation report."""
+        summary = self.summary_rows()
+        header = list(summary[0])
+        lines = ["| " + " | ".join(f"{key} ↓" if key.startswith(("unsafe", "leak")) else key for key in header) + " |",
+                 "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join([row["model"]] + [_cell(row[key]) for key in header[1:]]) + " |"
+                  for row in summary]
+        lines += ["", "R@1, unsafe top-1 (unsafe queries whose best match is unsafe, ↓), safe-query leak (safe "
+                      "queries whose best match is unsafe, ↓) and zero-shot top-1 in %, all models on the same "
+                      f"{self.evaluation.num_items} test quadruplets; `{NO_TRAVERSAL_SUFFIX.strip()}`: HySAC with "
+                      "its queries left where they are."]
+        deployment = self.deployment_rows()
+        if deployment:
+            header = list(deployment[0])
+            lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join([row["method"], row["deployment"]] + [_cell(row[key]) for key in header[2:]])
+                      + " |" for row in deployment]
+            lines += ["", "Deployments over a collection embedded with the base model (text queries against the "
+                          "test images, image queries against the test captions), in %.", "",
+                      f"- {HYSAC_DEPLOYMENT_NOTE}"]
+        lines += ["", "## Full evaluation", "", self.evaluation.to_markdown().rstrip()]
+        if self.seconds:
+            lines += ["", "Seconds: " + ", ".join(f"{name} {value}" for name, value in self.seconds.items()) + "."]
+        return "\n".join(lines) + "\n"
+
+    def save(self, out: Path) -> None:
+        """Write ``methods.md``, ``methods.json`` and ``methods.png`` into ``out``."""
+        self.markdown_path, self.json_path, self.picture_path = (out / "methods.md", out / "methods.json",
+                                                                 out / "methods.png")
+        atomic_write_text(self.json_path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+        atomic_write_text(self.markdown_path, self.to_markdown())
+        image = comparison_chart(self.summary_rows())
+        atomic_write(self.picture_path, lambda tmp: image.save(tmp, format="PNG", optimize=True))
+
+
+def compare_all_methods(out: Path, base_dir: Path, safe_dir: Path, world: dict[str, Path], settings, *,
+                        device: str = "auto", seed: int = 0, echo=print) -> MethodComparison:
+    """Train SafeR-CLIP and HySAC beside the demo's Safe-CLIP (reusing trained folders), evaluate
+    the four models together, compare the cosine methods' deployments, print and save it all."""
+    from .demo import method_config
+    from .deployment import compare_deployments
+    from .evaluation import evaluate
+    from .training import train
+
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, started: float) -> None:
+        seconds[name] = round(time.time() - started, 1)
+        echo(f"[{name}] done in {seconds[name]} s")
+
+    model_dirs = {"safe-clip": safe_dir}
+    for method, title in TRAINED_HERE.items():
+        started = time.time()
+        model_dirs[method] = out / method / "model"
+        if not (model_dirs[method] / "safeclip.json").is_file():
+            train(method_config(method, out, base_dir, world, settings, device=device, seed=seed))
+        stage(f"{title} fine-tuning", started)
+
+    started = time.time()
+    evaluation = evaluate({"base": str(base_dir), **{name: str(path) for name, path in model_dirs.items()}},
+                          world["test"], device=device)
+    stage("method evaluation", started)
+
+    started = time.time()
+    deployments = {method: compare_deployments(str(base_dir), str(model_dirs[method]), world["test"],
+                                               val_data=world["val"], device=device)
+                   for method in COSINE_METHODS}
+    stage("method deployments", started)
+
+    comparison = MethodComparison(model_dirs, evaluation, deployments, seconds)
+    comparison.save(out)
+    echo("\n" + comparison.to_markdown())
+    return comparison
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+# legend label -> summary column (PIL's default font has no arrows, so the title says which way is better)
+CHART_METRICS = {f"unsafe text -> safe image, {UNSAFE_TEXT_TO_ALL_IMAGES} R@1": f"{UNSAFE_TEXT_TO_ALL_IMAGES} R@1",
+                 "unsafe top-1 of those queries": f"unsafe top-1 {UNSAFE_TEXT_TO_ALL_IMAGES}",
+                 f"safe {TEXT_TO_IMAGE} R@1": f"{TEXT_TO_IMAGE} R@1",
+                 "zero-shot top-1": "zero-shot top-1"}
+CHART_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14)]
+INK, GRID = (40, 40, 40), (225, 225, 225)
+
+
+def comparison_chart(rows: list[dict[str, Any]], *, width: int = 760, height: int = 400) -> Image.Image:
+    """Grouped bars, one group per model: unsafe-to-safe R@1, unsafe top-1, safe R@1 and zero-shot (%)."""
+    font = ImageFont.load_default(size=13)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 48, width - 16, 64, height - 40
+    for value in range(0, 101, 20):
+        y = bottom - value / 100 * (bottom - top)
+        draw.line([(left, y), (right, y)], fill=GRID)
+        draw.text((left - 6, y), f"{value}", fill=INK, font=font, anchor="rm")
+    group = (right - left) / max(len(rows), 1)
+    bar = group * 0.8 / len(CHART_METRICS)
+    for index, row in enumerate(rows):
+        start = left + index * group + group * 0.1
+        for position, key in enumerate(CHART_METRICS.values()):
+            value = row.get(key)
+            if value is None:
+                continue
+            x = start + position * bar
+            y = bottom - value / 100 * (bottom - top)
+            draw.rectangle([x, y, x + bar - 2, bottom], fill=CHART_COLOURS[position])
+            draw.text((x + bar / 2 - 1, y - 2), f"{value:.0f}", fill=INK, font=font, anchor="mb")
+        draw.text((left + (index + 0.5) * group, bottom + 8), row["model"], fill=INK, font=font, anchor="mt")
+    draw.line([(left, bottom), (right, bottom)], fill=INK)
+    x = left
+    for position, label in enumerate(CHART_METRICS):
+        draw.rectangle([x, 36, x + 12, 48], fill=CHART_COLOURS[position])
+        draw.text((x + 16, 42), label, fill=INK, font=font, anchor="lm")
+        x += 28 + draw.textlength(label, font=font)
+    draw.text((width / 2, 16), "The methods on the demo test split, in % (unsafe top-1: lower is better; the others: higher)", fill=INK, font=font, anchor="mm")
+    return image
+
+
+__all__ = ["MethodComparison", "compare_all_methods", "comparison_chart"]
