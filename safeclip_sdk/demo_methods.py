@@ -87,8 +87,8 @@ class MethodComparison:
         """The summary table, the deployment table, then the full evaluation report."""
         summary = self.summary_rows()
         header = list(summary[0])
-        lines = ["| " + " | ".join(f"{key} ↓" if key.startswith(("unsafe", "leak")) else key for key in header) + " |",
-                 "|" + "---|" * len(header)]
+        titles = [f"{key} ↓" if key.startswith(("unsafe", "leak")) else key for key in header]
+        lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join([row["model"]] + [_cell(row[key]) for key in header[1:]]) + " |"
                   for row in summary]
         lines += ["", "R@1, unsafe top-1 (unsafe queries whose best match is unsafe, ↓), safe-query leak (safe "
@@ -201,7 +201,8 @@ def comparison_chart(rows: list[dict[str, Any]], *, width: int = 760, height: in
         draw.rectangle([x, 36, x + 12, 48], fill=CHART_COLOURS[position])
         draw.text((x + 16, 42), label, fill=INK, font=font, anchor="lm")
         x += 28 + draw.textlength(label, font=font)
-    draw.text((width / 2, 16), "The methods on the demo test split, in % (unsafe top-1: lower is better; the others: higher)", fill=INK, font=font, anchor="mm")
+    draw.text((width / 2, 16), "The methods on the demo test split, in % (unsafe top-1: lower is better; the others: "
+              "higher)", fill=INK, font=font, anchor="mm")
     return image
 
 
