@@ -72,6 +72,7 @@ def run_vector_stage(out: Path, base_dir: Path, safe_model: Path, test_data: Pat
         echo(f"indexed {2 * len(items)} test images (safe + unsafe) with the base model into Qdrant "
              f"collection '{store.alias_target(COLLECTION)}' behind alias '{COLLECTION}'")
         writer = _LiveWriter(store, live_data, base, safe, gallery_size=2 * len(items))
+        writer.seed()
         writer.start()
         try:
             report = reindex(store, COLLECTION, encoder=safe, mode=DEFAULT_MODE, image_field="image",
@@ -113,11 +114,15 @@ def _index_with_base(store, items, world_root: Path, base: Encoder) -> None:
 
 
 class _LiveWriter(threading.Thread):
-    """The application, writing through the alias during the reindex: new images (validation
-    split), deletes of some of them, payload changes on indexed images.
+    """The application, writing through the alias during the reindex: new images, deletes of
+    images it had stored before the reindex started, payload changes on indexed images.
 
-    Before the alias switches it writes the base model's vectors, as it always has; from the
-    switch on it writes complete points (``complete_point`` adds the safe vector and score).
+    Half of the live images (validation split) are stored before the reindex (:meth:`seed`); the
+    writer then inserts the other half one by one and deletes seeded ones. It deletes only points
+    older than the reindex: a point inserted just before the switch and deleted just after it can
+    come back (the documented limit of the reconciliation, docs/reindex.md). Before the alias
+    switches it writes the base model's vectors, as it always has; from the switch on it writes
+    complete points (``complete_point`` adds the safe vector and score).
     """
 
     def __init__(self, store, live_data: Path, base: Encoder, safe: Encoder, *, gallery_size: int):
@@ -125,34 +130,46 @@ class _LiveWriter(threading.Thread):
         self.store, self.safe, self.gallery_size = store, safe, gallery_size
         items = load_dataset(live_data).items
         root = Path(live_data).parent
-        self.images = [(str(Path(path).relative_to(root)), unsafe)
-                       for item in items for path, unsafe in ((item.safe_image, False), (item.unsafe_image, True))]
-        self.vectors = base.space.to_stored(base.encode_image([root / path for path, _ in self.images]))
-        self.original = store.alias_target(COLLECTION)
-        self.expected: dict[Any, dict[str, Any]] = {}   # what the writer's own points must hold at the end
+        images = [(str(Path(path).relative_to(root)), unsafe)
+                  for item in items for path, unsafe in ((item.safe_image, False), (item.unsafe_image, True))]
+        vectors = base.space.to_stored(base.encode_image([root / path for path, _ in images]))
+        half = len(images) // 2
+        self.seeded, self.fresh = list(zip(images[:half], vectors[:half])), list(zip(images[half:], vectors[half:]))
+        self.expected: dict[Any, dict[str, Any]] = {}   # what the live points must hold at the end
         self.changed: dict[Any, int] = {}               # indexed image -> its last "views" value
         self.counts = {"upserts": 0, "deletes": 0, "payload_changes": 0}
         self._stopping = threading.Event()
 
-    def run(self) -> None:
+    def _point(self, point_id: int, image: tuple[str, bool], vector):
         from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Point
 
+        path, unsafe = image
+        return Point(point_id, {"image": path, "unsafe": unsafe, "category": None, GALLERY_FIELD: 0},
+                     {DEFAULT_VECTOR: vector})
+
+    def seed(self) -> None:
+        points = [self._point(LIVE_ID_START + k, image, vector) for k, (image, vector) in enumerate(self.seeded)]
+        for start in range(0, len(points), 128):
+            self.store.upsert(COLLECTION, points[start:start + 128])
+        self.expected.update({point.id: point.payload for point in points})
+        self.original = self.store.alias_target(COLLECTION)
+
+    def run(self) -> None:
         from .reindex import complete_point
 
-        for step, ((path, unsafe), vector) in enumerate(zip(self.images, self.vectors)):
+        first_fresh = LIVE_ID_START + len(self.seeded)
+        for step, (image, vector) in enumerate(self.fresh):
             if self._stopping.wait(0.01):
                 return
-            point_id = LIVE_ID_START + step
-            point = Point(point_id, {"image": path, "unsafe": unsafe, "category": None, GALLERY_FIELD: 0},
-                          {DEFAULT_VECTOR: vector})
+            point = self._point(first_fresh + step, image, vector)
             if self.store.alias_target(COLLECTION) != self.original:
                 point = complete_point(self.store, COLLECTION, point, self.safe)
             self.store.upsert(COLLECTION, [point])
-            self.expected[point_id] = point.payload
+            self.expected[point.id] = point.payload
             self.counts["upserts"] += 1
-            if step % 4 == 3:   # delete an earlier live point
-                self.store.delete(COLLECTION, [point_id - 2])
-                self.expected.pop(point_id - 2, None)
+            if step % 4 == 3 and step // 4 < len(self.seeded):   # delete a point stored before the reindex
+                self.store.delete(COLLECTION, [LIVE_ID_START + step // 4])
+                self.expected.pop(LIVE_ID_START + step // 4)
                 self.counts["deletes"] += 1
             if step % 5 == 0:   # a payload change on an indexed image, re-read and written back whole
                 target = (step * 7) % self.gallery_size
