@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .evaluation import JsonReport
 from .models import atomic_write_text
 
 MODE_TITLES = {"base": "base model", "query-side": "query-side", "full-reindex": "full reindex",
@@ -87,7 +87,7 @@ def _rates_in_words(metrics: dict[str, Any]) -> str:
 
 
 @dataclass
-class DeploymentReport:
+class DeploymentReport(JsonReport):
     """The four deployments measured on one dataset; ``modes[mode][direction]`` holds the metrics
     of :func:`safeclip_sdk.deployment.direction_metrics`, ``moderation[modality]`` the shift
     score's ROC AUC, threshold and errors at that threshold."""
@@ -106,16 +106,6 @@ class DeploymentReport:
     ranking: dict[str, list[dict[str, Any]]]
     recommendation: str
     notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> DeploymentReport:
-        return cls(**json.loads(text))
 
     def to_markdown(self) -> str:
         """A table per query direction, the moderation score's table, the recommendation, notes."""

@@ -307,8 +307,22 @@ def _zero_shot(model: LoadedModel, samples: Sequence[tuple[Path, str]], *, promp
 ModelSpec = str | tuple[str, str | None] | LoadedModel
 
 
+class JsonReport:
+    """JSON round trip for the report dataclasses (evaluation, deployment comparison)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls(**json.loads(text))
+
+
 @dataclass
-class EvalReport:
+class EvalReport(JsonReport):
     """Results of several models on one dataset: ``results[name]`` holds ``source``,
     ``pretrained``, ``retrieval`` (see :func:`retrieval_metrics`) and ``zero_shot`` (or None)."""
 
@@ -319,16 +333,6 @@ class EvalReport:
     ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))
     similarity: str = "cosine"
     notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> EvalReport:
-        return cls(**json.loads(text))
 
     def to_markdown(self) -> str:
         """One table, a row per model, then the notes."""
