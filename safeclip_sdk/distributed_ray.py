@@ -1,5 +1,6 @@
 """What the Ray engines of ``reindex`` and ``embed`` share: joining (or starting) a Ray cluster,
-the fail-fast resource check, and the arguments of an actor pool whose actors each hold one Encoder.
+the fail-fast resource check, the arguments of a Ray Data actor pool whose actors each hold one
+Encoder, and a pool fed straight from this process for work whose input only this process can read.
 
 Importing this module imports Ray; the rest of safeclip imports it only for ``engine="ray"``.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .errors import SafeclipError
@@ -17,6 +20,7 @@ try:
     import ray
     import ray.data
     import ray.exceptions
+    from ray.util import ActorPool
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise SafeclipError("engine 'ray' needs Ray Data: pip install 'safeclip[ray]'") from error
 
@@ -64,6 +68,30 @@ def pool_options(workers: int, gpus_per_worker: float, batch_size: int) -> dict[
     if gpus_per_worker:
         options["num_gpus"] = gpus_per_worker
     return options
+
+
+def streamed(actor_class: type, args: tuple, items: Iterable[tuple[Any, Any]], *, workers: int,
+             gpus_per_worker: float, in_flight_per_worker: int = 2) -> Iterator[tuple[Any, Any]]:
+    """``(item, actor_class(*args)(value))`` for each ``(item, value)`` of ``items``, in their order,
+    computed by ONE pool of ``workers`` actors that lives for the whole iteration.
+
+    ``items`` is consumed lazily: at most ``in_flight_per_worker`` values per actor wait or run at a
+    time, so this process reads the next input and handles the last result while the actors work.
+    """
+    options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_worker}
+    actors = [ray.remote(actor_class).options(**options).remote(*args) for _ in range(workers)]
+    pool, waiting = ActorPool(actors), deque()
+    try:
+        for item, value in items:
+            pool.submit(lambda actor, argument: actor.__call__.remote(argument), value)
+            waiting.append(item)
+            if len(waiting) >= workers * in_flight_per_worker:
+                yield waiting.popleft(), pool.get_next()
+        while waiting:
+            yield waiting.popleft(), pool.get_next()
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 class EncoderActor:

@@ -1,12 +1,14 @@
-"""The reindex copy phase on Ray Data: pages of each id range through an actor pool of Encoders.
+"""The reindex copy phase on Ray: pages of each id range through an actor pool of Encoders.
 
 Everything after the copy (``finish_load``, reconciliation, verification, the alias switch and the
 pass after it) is :class:`~safeclip_sdk.reindex.engine.Job`'s, unchanged. Two ways to write:
 
 - **driver writes** (a local Qdrant folder, or an open store: one client only). The driver scrolls
-  a window of pages, sends each point's content (a text, an image path under the image root, or
-  downloaded bytes) to the pool, gets the embeddings back, builds the complete points and upserts
-  them in id order, committing each range's cursor after each page.
+  the pages and streams each point's content (a text, an image path under the image root, or
+  downloaded bytes) through ONE actor pool that lives for the whole copy, a few pages in flight per
+  actor; it gets the embeddings back in page order, builds the complete points and upserts them,
+  committing the range's cursor after each page. Ray Data is not used here: it cannot read from
+  this process, and its read tasks would wait for the CPUs the actors hold.
 - **workers write** (a Qdrant server URL or PostgreSQL). The driver cuts every unfinished range
   into pages with one id-only scroll; each actor opens its own store, reads its page, embeds it and
   upserts it, and returns what it did. A range's cursor moves past the pages finished in a row.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from itertools import islice
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -31,10 +33,6 @@ from .engine import Job
 from .pipeline import Built, PointBuilder, write_points
 from .plan import ERROR_FIELD, Plan, in_range
 from .sources import SourceReader
-
-#: pages the driver hands to one actor pool run, per worker (the pool starts once per window)
-WINDOW_PAGES_PER_WORKER = 16
-
 
 def workers_write(target) -> bool:
     """Whether actors can open ``target`` themselves: a server, not a local folder or an open store."""
@@ -75,12 +73,11 @@ class RayJob(Job):
     # --- driver writes ---
 
     def _copy_through_driver(self, bar) -> None:
-        pages = self._pages()
-        window_size = WINDOW_PAGES_PER_WORKER * self.workers
-        while window := list(islice(pages, window_size)):
-            results = self._embed_window(window)
-            for number, (span, points, cursor, finished) in enumerate(window):
-                builder = _Precomputed(self.plan, self.builder.encoder, self.builder.reader, results.get(number, {}))
+        embedded = dray.streamed(EmbedActor, (self.model,), self._pages_to_embed(), workers=self.workers,
+                                 gpus_per_worker=self.gpus_per_worker)
+        with closing(embedded):  # a failed write stops the actors at once
+            for ((span, points, cursor, finished), rows), result in embedded:
+                builder = _Precomputed(self.plan, self.builder.encoder, self.builder.reader, rows, result)
                 built = builder.build(points)
                 write_points(self.store, self.plan.target, built.points)
                 self._commit(built, span, cursor, finished, bar)
@@ -98,32 +95,28 @@ class RayJob(Job):
                 yield span, inside, None if finished else next_start, finished
                 cursor = next_start
 
-    def _embed_window(self, window) -> dict[int, dict[str, dict[int, Any]]]:
-        """Embeddings (or failure reasons) by page number, kind and position in the page."""
+    def _pages_to_embed(self):
+        """Each page with its rows, and what of them an actor needs."""
+        for page in self._pages():
+            rows = self._rows(page[1])
+            yield (page, rows), {key: rows[key] for key in ("kind", "text", "data")}
+
+    def _rows(self, points: list[Point]) -> dict[str, list]:
+        """What an actor embeds for one page: each point's text, image path or image bytes, by kind,
+        and (read here, where the payloads are) the sources that could not be read."""
         reader: SourceReader = self.builder.reader
-        results: dict[int, dict[str, dict[int, Any]]] = {}
-        rows = []
-        for number, (_, points, _, _) in enumerate(window):
-            for kind in sorted(set(self.plan.kinds.values())):
-                for position, point in enumerate(points):
-                    content, reason = reader.read(point.payload, kind)
-                    if reason is not None:
-                        results.setdefault(number, {}).setdefault(kind, {})[position] = reason
-                    else:
-                        rows.append({"page": number, "position": position, "kind": kind,
-                                     "text": content if isinstance(content, str) else "",
-                                     "data": content if isinstance(content, bytes) else b""})
-        if not rows:
-            return results
-        dataset = dray.ray.data.from_items(rows).map_batches(
-            EmbedActor, fn_constructor_args=(self.model,),
-            **dray.pool_options(self.workers, self.gpus_per_worker, self.plan.batch_size))
-        for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
-            for number, position, kind, embedding, reason in zip(batch["page"], batch["position"], batch["kind"],
-                                                                 batch["embedding"], batch["reason"]):
-                value = str(reason) if reason else np.asarray(embedding, dtype=np.float32)
-                results.setdefault(int(number), {}).setdefault(str(kind), {})[int(position)] = value
-        return results
+        rows: dict[str, list] = {"kind": [], "position": [], "text": [], "data": [], "unreadable": []}
+        for kind in sorted(set(self.plan.kinds.values())):
+            for position, point in enumerate(points):
+                content, reason = reader.read(point.payload, kind)
+                if reason is not None:
+                    rows["unreadable"].append((kind, position, reason))
+                    continue
+                rows["kind"].append(kind)
+                rows["position"].append(position)
+                rows["text"].append(content if isinstance(content, str) else "")
+                rows["data"].append(content if isinstance(content, bytes) else b"")
+        return rows
 
     # --- workers write ---
 
@@ -164,17 +157,23 @@ class RayJob(Job):
 
 
 class _Precomputed(PointBuilder):
-    """A PointBuilder whose embeddings were computed by the actor pool."""
+    """A PointBuilder whose embeddings an actor computed for one page (the rows of ``_rows``)."""
 
-    def __init__(self, plan: Plan, encoder, reader, results: dict[str, dict[int, Any]]):
+    def __init__(self, plan: Plan, encoder, reader, rows: dict[str, list], result: dict[str, Any]):
         super().__init__(plan, encoder, reader)
-        self.results = results
+        self.embeddings: dict[str, dict[int, np.ndarray]] = {}
+        self.failed: dict[str, dict[int, str]] = {}
+        for kind, position, reason in rows["unreadable"]:
+            self.failed.setdefault(kind, {})[position] = reason
+        for kind, position, embedding, reason in zip(rows["kind"], rows["position"], result["embedding"],
+                                                     result["reason"]):
+            if reason:
+                self.failed.setdefault(kind, {})[position] = reason
+            else:
+                self.embeddings.setdefault(kind, {})[position] = embedding
 
     def _embed(self, points, kind):
-        values = self.results.get(kind, {})
-        embeddings = {position: value for position, value in values.items() if not isinstance(value, str)}
-        failed = {position: value for position, value in values.items() if isinstance(value, str)}
-        return embeddings, failed
+        return self.embeddings.get(kind, {}), self.failed.get(kind, {})
 
 
 def _built_to_json(built: Built) -> dict[str, Any]:
@@ -193,9 +192,9 @@ def _built_from_json(values: dict[str, Any]) -> Built:
 # --- the actors (one Encoder each) ---
 
 class EmbedActor(dray.EncoderActor):
-    """Embeds the texts, image paths and image bytes of a batch of rows."""
+    """Embeds the texts, image paths and image bytes of one page's rows."""
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         self.check_loaded()
         count = len(batch["kind"])
         embeddings = np.zeros((count, self.encoder.embed_dim), dtype=np.float32)
@@ -211,8 +210,7 @@ class EmbedActor(dray.EncoderActor):
                 embeddings[[images[k] for k in result.indices]] = result.embeddings
             for failure in result.failures:
                 reasons[images[failure.index]] = failure.reason
-        return {"page": batch["page"], "position": batch["position"], "kind": batch["kind"],
-                "embedding": embeddings, "reason": np.array(reasons, dtype=object)}
+        return {"embedding": embeddings, "reason": reasons}
 
 
 class WriteActor(dray.EncoderActor):
