@@ -28,11 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_reindex import build_collection, save_model, scratch_folder  # noqa: E402
 from common import describe_machine, machine_info, markdown_table, summarize, write_json  # noqa: E402
 
-ENGINES = (("local", 1), ("ray", 1), ("ray", 2))
-
-
 def one_run(model_dir: Path, images: Path, count: int, batch_size: int, engine: str, workers: int,
-            postgres: "Postgres | None") -> dict[str, Any]:
+            cpus_per_worker: float, postgres: "Postgres | None") -> dict[str, Any]:
     from safeclip_sdk.encoder import Encoder
     from safeclip_sdk.integrations import open_store
     from safeclip_sdk.reindex import reindex
@@ -48,7 +45,7 @@ def one_run(model_dir: Path, images: Path, count: int, batch_size: int, engine: 
             store = target
         started = time.perf_counter()
         report = reindex(store, "bench", model_dir, image_field="path", image_root=images, batch_size=batch_size,
-                         progress=False, engine=engine, workers=workers)
+                         progress=False, engine=engine, workers=workers, cpus_per_worker=cpus_per_worker)
         seconds = time.perf_counter() - started
         if not postgres:
             store.close()
@@ -95,6 +92,8 @@ def main() -> None:
     parser.add_argument("--store", choices=("qdrant-local", "postgres"), default="qdrant-local",
                         help="postgres: an embedded PostgreSQL, where the Ray actors write themselves")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="pool sizes to time")
+    parser.add_argument("--cpus-per-worker", type=float, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -103,6 +102,7 @@ def main() -> None:
     import ray
     from PIL import Image
 
+    engines = [("local", 1)] + [("ray", workers) for workers in args.workers]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as scratch:
         postgres = Postgres(Path(scratch) / "pg") if args.store == "postgres" else None
@@ -115,8 +115,9 @@ def main() -> None:
         runs = []
         for repeat in range(args.repeats):
             for count in args.points:
-                for engine, workers in ENGINES:
-                    run = one_run(model_dir, images, count, args.batch_size, engine, workers, postgres)
+                for engine, workers in engines:
+                    run = one_run(model_dir, images, count, args.batch_size, engine, workers, args.cpus_per_worker,
+                                  postgres)
                     run["repeat"] = repeat
                     print(f"repeat {repeat}: {count} points, {engine} x{workers}: {run['points_per_s']:.0f} "
                           f"points/s ({run['seconds']:.1f} s)", flush=True)
@@ -124,24 +125,27 @@ def main() -> None:
         if postgres:
             postgres.server.cleanup()
     ray.shutdown()
-    results = {"machine": machine_info(), "store": args.store, "runs": runs, "summary": {}}
+    results = {"machine": machine_info(), "store": args.store, "cpus_per_worker": args.cpus_per_worker, "runs": runs,
+               "summary": {}}
     rows = []
     for count in args.points:
         summary = results["summary"][str(count)] = {}
-        for engine, workers in ENGINES:
+        for engine, workers in engines:
             rates = [run["points_per_s"] for run in runs
                      if (run["points"], run["engine"], run["workers"]) == (count, engine, workers)]
             summary[f"{engine} x{workers}"] = value = summarize(rates)
             rows.append([count, f"{engine} x{workers}", f"{value['median']:.0f}",
                          f"{value['min']:.0f}-{value['max']:.0f}"])
-        summary["ray 2 workers / 1 worker"] = summary["ray x2"]["median"] / summary["ray x1"]["median"]
-        summary["ray 1 worker / local"] = summary["ray x1"]["median"] / summary["local x1"]["median"]
+        for engine, workers in engines[1:]:
+            summary[f"ray {workers} worker(s) / local"] = summary[f"ray x{workers}"]["median"] / summary["local x1"]["median"]
+        if {1, 2} <= set(args.workers):
+            summary["ray 2 workers / 1 worker"] = summary["ray x2"]["median"] / summary["ray x1"]["median"]
     print(describe_machine(results["machine"]))
     print(markdown_table(["points", "engine", "median points/s", "min-max"], rows))
     for count in args.points:
         summary = results["summary"][str(count)]
-        print(f"{count} points: 2 workers / 1 worker {summary['ray 2 workers / 1 worker']:.2f}, "
-              f"1 worker / local {summary['ray 1 worker / local']:.2f}")
+        print(f"{count} points: " + ", ".join(f"{name} {value:.2f}" for name, value in summary.items()
+                                              if not isinstance(value, dict)))
     if args.json:
         write_json(args.json, results)
 

@@ -26,7 +26,7 @@ from safeclip_sdk.encoder import BACKENDS, PRECISIONS
 @engine_options
 def command(model: str, input_path: str, output: str, backend: str, precision: str, batch_size: int,
             device: str, kind: str | None, chunk_size: int, no_resume: bool, engine: str, workers: int,
-            gpus_per_worker: float, ray_address: str | None) -> None:
+            gpus_per_worker: float, cpus_per_worker: float, ray_address: str | None) -> None:
     """Embed INPUT with MODEL into OUTPUT (.npy with OUTPUT.ids.json, or .parquet).
 
     INPUT is a folder of images (recursive; ids are relative paths), a text file (one text per
@@ -37,5 +37,6 @@ def command(model: str, input_path: str, output: str, backend: str, precision: s
     """
     report = embed(model, input_path, output, kind=kind, backend=backend, precision=precision,
                    batch_size=batch_size, device=device, resume=not no_resume, chunk_size=chunk_size,
-                   engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address)
+                   engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
+                   cpus_per_worker=cpus_per_worker, ray_address=ray_address)
     click.echo(report.summary())

@@ -43,7 +43,7 @@ from safeclip_sdk.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCOR
 @click.pass_context
 def command(ctx: click.Context, qdrant, pgvector, collection, model, mode, image_field, image_root, text_field,
             vectors, on_error, batch_size, dry_run, drop_old, allow_urls, adopt, score_field, no_score, report,
-            no_progress, engine, workers, gpus_per_worker, ray_address) -> None:
+            no_progress, engine, workers, gpus_per_worker, cpus_per_worker, ray_address) -> None:
     """Re-embed the collection behind alias NAME with MODEL into NAME-safeclip-vN, keep it in step
     with live writes, verify it and switch the alias; the old collection stays for rollback.
 
@@ -66,7 +66,8 @@ def command(ctx: click.Context, qdrant, pgvector, collection, model, mode, image
                      dry_run=dry_run, drop_old=drop_old, allow_urls=allow_urls, adopt=adopt,
                      score_field=score_field, score=not no_score,
                      report=None if dry_run else (report or f"reindex-{collection}.json"), progress=not no_progress,
-                     engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address)
+                     engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
+                     cpus_per_worker=cpus_per_worker, ray_address=ray_address)
     click.echo(json.dumps(result, indent=2, default=str) if dry_run else result.summary())
 
 

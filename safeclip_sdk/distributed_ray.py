@@ -27,7 +27,7 @@ except ImportError as error:  # pragma: no cover - depends on the installation
 ENGINES = ("local", "ray")
 
 
-def check_engine(engine: str, workers: int, gpus_per_worker: float) -> None:
+def check_engine(engine: str, workers: int, gpus_per_worker: float, cpus_per_worker: float = 1) -> None:
     """Refuse an unknown engine or a pool that cannot exist, before anything is written."""
     if engine not in ENGINES:
         raise SafeclipError(f"unknown engine '{engine}' (choose from {', '.join(ENGINES)})")
@@ -35,11 +35,15 @@ def check_engine(engine: str, workers: int, gpus_per_worker: float) -> None:
         raise SafeclipError(f"workers must be at least 1, got {workers}")
     if gpus_per_worker < 0:
         raise SafeclipError(f"gpus per worker must be 0 or more, got {gpus_per_worker}")
+    if cpus_per_worker <= 0:
+        raise SafeclipError(f"cpus per worker must be more than 0, got {cpus_per_worker}")
 
 
-def connect(address: str | None, workers: int, gpus_per_worker: float, progress: bool = True) -> None:
+def connect(address: str | None, workers: int, gpus_per_worker: float, progress: bool = True,
+            cpus_per_worker: float = 1) -> None:
     """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``, or start a local one) and check that it
-    has what a pool of ``workers`` actors with ``gpus_per_worker`` GPUs each needs.
+    has what a pool of ``workers`` actors with ``gpus_per_worker`` GPUs and ``cpus_per_worker`` CPUs
+    each needs.
 
     Ray would otherwise keep an actor that asks for a missing GPU pending forever.
     """
@@ -57,28 +61,32 @@ def connect(address: str | None, workers: int, gpus_per_worker: float, progress:
         raise SafeclipError(f"{workers} worker(s) with {gpus_per_worker:g} GPU(s) each need {needed_gpus:g} GPU(s), "
                             f"but {where} has {resources.get('GPU', 0):g}: lower --workers or --gpus-per-worker, "
                             f"or pass --gpus-per-worker 0 to embed on CPUs")
-    if workers > resources.get("CPU", 0):
-        raise SafeclipError(f"{workers} worker(s) need a CPU each, but {where} has {resources.get('CPU', 0):g}")
+    if workers * cpus_per_worker > resources.get("CPU", 0):
+        raise SafeclipError(f"{workers} worker(s) with {cpus_per_worker:g} CPU(s) each need "
+                            f"{workers * cpus_per_worker:g} CPU(s), but {where} has {resources.get('CPU', 0):g}: "
+                            f"lower --workers or --cpus-per-worker")
 
 
-def pool_options(workers: int, gpus_per_worker: float, batch_size: int) -> dict[str, Any]:
-    """``map_batches`` arguments of an actor pool: a fixed size, an explicit batch size, the GPUs."""
+def pool_options(workers: int, gpus_per_worker: float, batch_size: int, cpus_per_worker: float = 1) -> dict[str, Any]:
+    """``map_batches`` arguments of an actor pool: a fixed size, an explicit batch size, the CPUs and
+    GPUs of each actor (Ray gives an actor as many torch threads as it has whole CPUs)."""
     options: dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=workers), "batch_size": batch_size,
-                               "batch_format": "numpy", "num_cpus": 1}
+                               "batch_format": "numpy", "num_cpus": cpus_per_worker}
     if gpus_per_worker:
         options["num_gpus"] = gpus_per_worker
     return options
 
 
 def streamed(actor_class: type, args: tuple, items: Iterable[tuple[Any, Any]], *, workers: int,
-             gpus_per_worker: float, in_flight_per_worker: int = 2) -> Iterator[tuple[Any, Any]]:
+             gpus_per_worker: float, cpus_per_worker: float = 1,
+             in_flight_per_worker: int = 2) -> Iterator[tuple[Any, Any]]:
     """``(item, actor_class(*args)(value))`` for each ``(item, value)`` of ``items``, in their order,
     computed by ONE pool of ``workers`` actors that lives for the whole iteration.
 
     ``items`` is consumed lazily: at most ``in_flight_per_worker`` values per actor wait or run at a
     time, so this process reads the next input and handles the last result while the actors work.
     """
-    options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_worker}
+    options: dict[str, Any] = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
     actors = [ray.remote(actor_class).options(**options).remote(*args) for _ in range(workers)]
     pool, waiting = ActorPool(actors), deque()
     try:

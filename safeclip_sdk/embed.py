@@ -66,7 +66,8 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
           kind: Literal["image", "text"] | None = None, backend: str = "torch", precision: str = "fp32",
           batch_size: int = 32, device: str = "auto", resume: bool = True, chunk_size: int = 1024,
           progress: bool = True, on_chunk_done: Callable[[int, int], None] | None = None, engine: str = "local",
-          workers: int = 1, gpus_per_worker: float = 0, ray_address: str | None = None) -> EmbedReport:
+          workers: int = 1, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
+          ray_address: str | None = None) -> EmbedReport:
     """Embed every image under a folder, or every text of a file, into one output file.
 
     Args:
@@ -83,7 +84,8 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
         on_chunk_done: called as ``on_chunk_done(chunk_index, chunk_count)`` after each newly
             computed chunk is saved.
         engine: ``local`` (this process) or ``ray``: the pending chunks go through a Ray Data actor
-            pool of ``workers`` actors, one Encoder each (``gpus_per_worker`` GPUs each), on the
+            pool of ``workers`` actors, one Encoder each (``gpus_per_worker`` GPUs and
+            ``cpus_per_worker`` CPUs each), on the
             cluster at ``ray_address`` (default: ``RAY_ADDRESS`` or a local Ray); this process saves
             the chunks, so only the inputs must be reachable from every worker. Needs ``[ray]``.
 
@@ -118,7 +120,8 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
             embed_chunks_ray(model, inputs, work, state, kind, pending, progress, on_chunk_done,
                              encoder_options={"backend": backend, "device": device, "precision": precision,
                                               "batch_size": batch_size},
-                             engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, address=ray_address)
+                             engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
+                             cpus_per_worker=cpus_per_worker, address=ray_address)
         except BaseException:
             if not any(_chunk_meta(work, i).is_file() for i in range(chunk_count)):
                 shutil.rmtree(work)  # nothing done: leave no work folder in the way of the next run

@@ -25,10 +25,10 @@ from .embed import _chunk_range, _embed_images, _embed_texts, _save_chunk
 def embed_chunks_ray(model, inputs: Path, work: Path, state: dict[str, Any], kind: str, pending: list[int],
                      progress: bool, on_chunk_done: Callable[[int, int], None] | None, *,
                      encoder_options: dict[str, Any], engine: str = "ray", workers: int = 1,
-                     gpus_per_worker: float = 0, address: str | None = None) -> None:
+                     gpus_per_worker: float = 0, cpus_per_worker: float = 1, address: str | None = None) -> None:
     """Embed and save the chunks ``pending`` of the job in ``work`` on a Ray actor pool."""
-    dray.check_engine(engine, workers, gpus_per_worker)
-    dray.connect(address, workers, gpus_per_worker, progress=False)
+    dray.check_engine(engine, workers, gpus_per_worker, cpus_per_worker)
+    dray.connect(address, workers, gpus_per_worker, progress=False, cpus_per_worker=cpus_per_worker)
     ids, chunk_size = state["ids"], state["chunk_size"]
     chunk_count = math.ceil(len(ids) / chunk_size)
     done_items = len(ids) - sum(len(_chunk_range(i, chunk_size, len(ids))) for i in pending)
@@ -36,7 +36,7 @@ def embed_chunks_ray(model, inputs: Path, work: Path, state: dict[str, Any], kin
     dataset = dray.ray.data.from_items([{"chunk": index} for index in pending]).map_batches(
         ChunkActor, fn_constructor_args=(model, encoder_options, kind, str(inputs.resolve()), ids,
                                          state.get("texts"), chunk_size),
-        **dray.pool_options(workers, gpus_per_worker, 1))
+        **dray.pool_options(workers, gpus_per_worker, 1, cpus_per_worker))
     with tqdm(total=len(ids), initial=done_items, unit=kind, desc="embed", disable=not progress) as bar:
         try:
             for batch in dataset.iter_batches(batch_format="numpy", batch_size=1):

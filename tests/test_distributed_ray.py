@@ -50,3 +50,28 @@ def test_a_safeclip_error_in_an_actor_reaches_the_caller_as_its_one_line(local_r
         list(dray.streamed(Failing, (), [("a", 1), ("b", 2)], workers=1, gpus_per_worker=0))
     error = dray.unwrap(raised.value)
     assert isinstance(error, SafeclipError) and str(error) == "item 1: cannot be embedded"
+
+
+def test_an_actor_gets_as_many_torch_threads_as_its_cpus(local_ray):
+    from safeclip_sdk import distributed_ray as dray
+
+    class Threads:
+        def __call__(self, value: int) -> int:
+            import torch
+
+            return torch.get_num_threads()
+
+    for cpus in (1, 2):
+        [(_, threads)] = list(dray.streamed(Threads, (), [("a", 0)], workers=1, gpus_per_worker=0,
+                                            cpus_per_worker=cpus))
+        assert threads == cpus
+
+
+def test_a_pool_larger_than_the_cluster_fails_at_once_with_the_cpus_it_needs(local_ray):
+    from safeclip_sdk import distributed_ray as dray
+    from safeclip_sdk.errors import SafeclipError
+
+    with pytest.raises(SafeclipError, match=r"2 worker\(s\) with 1.5 CPU\(s\) each need 3 CPU\(s\), but .* has 2"):
+        dray.connect(None, 2, 0, progress=False, cpus_per_worker=1.5)
+    with pytest.raises(SafeclipError, match="cpus per worker must be more than 0"):
+        dray.check_engine("ray", 1, 0, cpus_per_worker=0)

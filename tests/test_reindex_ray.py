@@ -113,7 +113,7 @@ def test_sigkilled_ray_reindex_resumes_with_only_the_unfinished_pages(tmp_path, 
     assert_same_collection(resumed, local_result(tmp_path, encoder))
 
 
-def test_a_gpu_request_on_a_cpu_only_host_fails_at_once(tmp_path, local_ray, encoder, tiny_model_dir):
+def test_a_gpu_or_cpu_request_beyond_the_host_fails_at_once(tmp_path, local_ray, encoder, tiny_model_dir):
     assert ray.cluster_resources().get("GPU", 0) == 0  # this test is about a host without GPUs
     store = open_store(tmp_path / "db")
     make_world(store, encoder.space.stored_dim)
@@ -130,6 +130,16 @@ def test_a_gpu_request_on_a_cpu_only_host_fails_at_once(tmp_path, local_ray, enc
     assert result.exit_code != 0
     message = result.output.strip()
     assert "\n" not in message and "need 2 GPU(s)" in message and "Traceback" not in message
+
+    result = CliRunner().invoke(cli, ["reindex", "--qdrant", str(tmp_path / "db"), "--collection", "docs",
+                                      "--model", str(tiny_model_dir), "--text-field", "text", "--engine", "ray",
+                                      "--workers", "2", "--cpus-per-worker", "2", "--no-progress"])
+    assert result.exit_code != 0
+    message = result.output.strip()
+    assert "\n" not in message and "need 4 CPU(s), but the local Ray instance has 2" in message
+    store = open_store(tmp_path / "db")
+    assert store.read_state("reindex:docs") is None
+    store.close()
 
 
 def test_without_the_ray_engine_nothing_of_ray_is_imported():

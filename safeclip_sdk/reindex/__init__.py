@@ -46,7 +46,8 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             score_field: str | None = None, score: bool = True, report: str | os.PathLike | None = None,
             encoder=None, num_ranges: int = DEFAULT_RANGES, max_passes: int = MAX_PASSES,
             verify_samples: int = VERIFY_SAMPLE, progress: bool = True, engine: str = "local", workers: int = 1,
-            gpus_per_worker: float = 0, ray_address: str | None = None) -> ReindexReport | dict[str, Any]:
+            gpus_per_worker: float = 0, cpus_per_worker: float = 1,
+            ray_address: str | None = None) -> ReindexReport | dict[str, Any]:
     """Re-embed the collection behind the alias ``collection`` with a safe model, without downtime.
 
     Args:
@@ -78,7 +79,7 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
         verify_samples: points whose vectors are recomputed and compared before the switch.
         engine: ``local`` (this process) or ``ray``: the copy phase runs on a Ray Data actor pool of
             ``workers`` actors, each holding one Encoder loaded from ``model`` (with ``gpus_per_worker``
-            GPUs each), on the cluster at ``ray_address`` (default: ``RAY_ADDRESS`` or a local Ray).
+            GPUs and ``cpus_per_worker`` CPUs, i.e. torch threads, each), on the cluster at ``ray_address`` (default: ``RAY_ADDRESS`` or a local Ray).
             Needs the ``[ray]`` extra; see docs/reindex.md.
     """
     if mode not in MODES:
@@ -94,14 +95,16 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
     if engine == "ray":
         from ..distributed_ray import check_engine, connect
 
-        check_engine(engine, workers, gpus_per_worker)
+        check_engine(engine, workers, gpus_per_worker, cpus_per_worker)
         if model is None:
             raise ReindexError("engine 'ray' needs the model's path: each Ray actor loads its own Encoder")
         if not dry_run:
-            connect(ray_address, workers, gpus_per_worker, progress=False)  # fails before anything is written
+            # fails before anything is written
+            connect(ray_address, workers, gpus_per_worker, progress=False, cpus_per_worker=cpus_per_worker)
     distributed = None if engine == "local" else {
         "model": str(Path(model).resolve()) if Path(model).exists() else os.fspath(model), "target": qdrant,
-        "workers": workers, "gpus_per_worker": gpus_per_worker, "address": ray_address}
+        "workers": workers, "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker,
+        "address": ray_address}
     vector_names = parse_vector_options(vectors) if isinstance(vectors, (list, tuple)) else dict(vectors or {})
     sources = {"image_field": image_field, "text_field": text_field, "allow_urls": bool(allow_urls),
                "image_root": str(Path(image_root).resolve()) if image_root else None}

@@ -43,15 +43,17 @@ class RayJob(Job):
     """A :class:`Job` whose copy phase runs on a Ray actor pool; every other phase is the local one."""
 
     def __init__(self, store, job, builder: PointBuilder, *, model: str, target, workers: int = 1,
-                 gpus_per_worker: float = 0, address: str | None = None, **options):
+                 gpus_per_worker: float = 0, cpus_per_worker: float = 1, address: str | None = None, **options):
         super().__init__(store, job, builder, **options)
         self.model, self.target = str(model), target
-        self.workers, self.gpus_per_worker, self.address = workers, gpus_per_worker, address
+        self.workers, self.gpus_per_worker, self.cpus_per_worker = workers, gpus_per_worker, cpus_per_worker
+        self.address = address
 
     def _copy(self) -> None:
         if all(span["done"] for span in self.job["ranges"]):
             return
-        dray.connect(self.address, self.workers, self.gpus_per_worker, progress=False)
+        dray.connect(self.address, self.workers, self.gpus_per_worker, progress=False,
+                     cpus_per_worker=self.cpus_per_worker)
         counters = self.job["counters"]
         total = self.store.count(self.plan.source)
         with self._bar("copy", total, initial=min(total, counters["copied"] + counters["skipped"])) as bar:
@@ -74,7 +76,7 @@ class RayJob(Job):
 
     def _copy_through_driver(self, bar) -> None:
         embedded = dray.streamed(EmbedActor, (self.model,), self._pages_to_embed(), workers=self.workers,
-                                 gpus_per_worker=self.gpus_per_worker)
+                                 gpus_per_worker=self.gpus_per_worker, cpus_per_worker=self.cpus_per_worker)
         with closing(embedded):  # a failed write stops the actors at once
             for ((span, points, cursor, finished), rows), result in embedded:
                 builder = _Precomputed(self.plan, self.builder.encoder, self.builder.reader, rows, result)
@@ -133,7 +135,7 @@ class RayJob(Job):
                 end = starts[number + 1] if number + 1 < len(starts) else span["end"]
                 rows.append({"range": index, "page": number, "start": json.dumps(start), "end": json.dumps(end)})
         finished: dict[int, set[int]] = {index: set() for index in pages}
-        options = dray.pool_options(self.workers, self.gpus_per_worker, 1)
+        options = dray.pool_options(self.workers, self.gpus_per_worker, 1, self.cpus_per_worker)
         dataset = dray.ray.data.from_items(rows).map_batches(
             WriteActor, fn_constructor_args=(self.model, self.target, plan.to_dict()), **options)
         for batch in dataset.iter_batches(batch_format="numpy", batch_size=1):
