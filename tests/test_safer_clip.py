@@ -169,7 +169,9 @@ def test_a_killed_pass_resumes_where_it_stopped(tmp_path):
                                    batch_size=5, chunk_size=10, progress=False)
     assert resumed.calls == 45 - 20
     np.testing.assert_array_equal(result.indices, complete.indices)
-    np.testing.assert_array_equal(result.similarities, complete.similarities)
+    # the resumed pass embeds in other batch shapes, which CPU kernels may round differently
+    # (up to 1.8e-7 seen on an AVX2-only CPU)
+    np.testing.assert_allclose(result.similarities, complete.similarities, rtol=0, atol=1e-6)
     assert not (tmp_path / "proximity_targets.partial").exists()
 
 
