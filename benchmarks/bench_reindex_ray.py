@@ -9,8 +9,8 @@ images (``bench_reindex.build_collection``), then times one whole side-by-side `
 engines take turns within each repeat, so a busy machine slows them alike. Local mode admits one
 client, so with ``engine="ray"`` the driver reads and writes and the actors only embed;
 ``--store postgres`` uses an embedded PostgreSQL instead, where each actor reads and writes its
-own pages. Two collection sizes separate the pool's fixed start-up cost (each actor starts a Python process,
-imports torch and loads the model) from its throughput once running.
+own pages. Two collection sizes separate the pool's fixed start-up cost (each actor starts a
+Python process, imports torch and loads the model) from its throughput once running.
 """
 
 from __future__ import annotations
@@ -35,27 +35,26 @@ def one_run(model_dir: Path, images: Path, count: int, batch_size: int, engine: 
     from safeclip_sdk.reindex import reindex
 
     folder = Path(scratch_folder())
-    target = postgres.new_database() if postgres else folder / "db"
+    target = postgres.new_database() if postgres else str(folder / "db")
     try:
         encoder = Encoder.load(model_dir, "auto")
         store = open_store(target)
         build_collection(store, count, encoder.space.stored_dim, image_root=images)
-        if postgres:  # the reindex opens the database itself, as the CLI does, so the actors write
+        if postgres:  # given the connection string, as from the CLI, the reindex lets the actors write
             store.close()
-            store = target
         started = time.perf_counter()
-        report = reindex(store, "bench", model_dir, image_field="path", image_root=images, batch_size=batch_size,
+        report = reindex(target if postgres else store, "bench", model_dir, image_field="path", image_root=images, batch_size=batch_size,
                          progress=False, engine=engine, workers=workers, cpus_per_worker=cpus_per_worker)
         seconds = time.perf_counter() - started
-        if not postgres:
-            store.close()
         assert report.embedded == count
         return {"engine": engine, "workers": workers, "points": count, "seconds": seconds,
                 "points_per_s": count / seconds}
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
         if postgres:
             postgres.drop_database(target)
+        else:
+            store.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class Postgres:
@@ -137,7 +136,8 @@ def main() -> None:
             rows.append([count, f"{engine} x{workers}", f"{value['median']:.0f}",
                          f"{value['min']:.0f}-{value['max']:.0f}"])
         for engine, workers in engines[1:]:
-            summary[f"ray {workers} worker(s) / local"] = summary[f"ray x{workers}"]["median"] / summary["local x1"]["median"]
+            ray_median, local_median = summary[f"ray x{workers}"]["median"], summary["local x1"]["median"]
+            summary[f"ray {workers} worker(s) / local"] = ray_median / local_median
         if {1, 2} <= set(args.workers):
             summary["ray 2 workers / 1 worker"] = summary["ray x2"]["median"] / summary["ray x1"]["median"]
     print(describe_machine(results["machine"]))

@@ -85,9 +85,9 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
             computed chunk is saved.
         engine: ``local`` (this process) or ``ray``: the pending chunks go through a Ray Data actor
             pool of ``workers`` actors, one Encoder each (``gpus_per_worker`` GPUs and
-            ``cpus_per_worker`` CPUs each), on the
-            cluster at ``ray_address`` (default: ``RAY_ADDRESS`` or a local Ray); this process saves
-            the chunks, so only the inputs must be reachable from every worker. Needs ``[ray]``.
+            ``cpus_per_worker`` CPUs each), on the cluster at ``ray_address`` (default:
+            ``RAY_ADDRESS`` or a local Ray); this process saves the chunks, so only the inputs must
+            be reachable from every worker. Needs ``[ray]``.
 
     Raises:
         DataError: bad inputs or output path, or every item failed (``OUTPUT`` is then left as it

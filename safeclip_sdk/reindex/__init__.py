@@ -77,10 +77,11 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
         num_ranges: id ranges the job is split into, each with its own cursor.
         max_passes: reconciliation passes before the switch, at most.
         verify_samples: points whose vectors are recomputed and compared before the switch.
-        engine: ``local`` (this process) or ``ray``: the copy phase runs on a Ray Data actor pool of
+        engine: ``local`` (this process) or ``ray``: the copy phase runs on a Ray actor pool of
             ``workers`` actors, each holding one Encoder loaded from ``model`` (with ``gpus_per_worker``
-            GPUs and ``cpus_per_worker`` CPUs, i.e. torch threads, each), on the cluster at ``ray_address`` (default: ``RAY_ADDRESS`` or a local Ray).
-            Needs the ``[ray]`` extra; see docs/reindex.md.
+            GPUs and ``cpus_per_worker`` CPUs, i.e. torch threads, each), on the cluster at
+            ``ray_address`` (default: ``RAY_ADDRESS`` or a local Ray). Needs the ``[ray]`` extra; see
+            docs/reindex.md.
     """
     if mode not in MODES:
         raise ReindexError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")

@@ -34,6 +34,7 @@ from .pipeline import Built, PointBuilder, write_points
 from .plan import ERROR_FIELD, Plan, in_range
 from .sources import SourceReader
 
+
 def workers_write(target) -> bool:
     """Whether actors can open ``target`` themselves: a server, not a local folder or an open store."""
     return isinstance(target, str) and target.startswith(("http://", "https://", "postgresql://", "postgres://"))
