@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import moderation
+from ...metrics import moderation
 from ...errors import SafeclipError
 
 OBJECTIVES = ("balanced_accuracy", "accuracy")
