@@ -120,7 +120,7 @@ def export_random_model(model_name: str, folder: Path) -> dict[str, Any]:
 
     from safeclip_sdk.errors import ExportError
     from safeclip_sdk.export import export_onnx, load_manifest
-    from safeclip_sdk.models import load_model, save_model_dir
+    from safeclip_sdk.model.folder import load_model, save_model_dir
 
     torch.manual_seed(0)
     loaded = load_model(model_name, pretrained=None)
@@ -173,8 +173,8 @@ def cpu_benchmark(model_name: str, args: argparse.Namespace, scratch: Path) -> d
     """Every CPU backend of ``model_name``, all cases, ``args.repeats`` times; rates in items/s."""
     from tqdm.auto import tqdm
 
-    from safeclip_sdk.encoder import Encoder
-    from safeclip_sdk.images import preprocess_image
+    from safeclip_sdk.runtime.encoder import Encoder
+    from safeclip_sdk.data.images import preprocess_image
 
     export = export_random_model(model_name, scratch / model_name)
     encoders = {}
@@ -252,7 +252,7 @@ def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from safeclip_sdk.export.onnx import image_size_hw
-    from safeclip_sdk.models import load_model
+    from safeclip_sdk.model.folder import load_model
 
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)

@@ -75,7 +75,7 @@ def build_collection(store: VectorStore, count: int, dim: int, *, image_root: Pa
 def save_model(name: str, folder: Path) -> Path:
     import torch
 
-    from safeclip_sdk.models import load_model, save_model_dir
+    from safeclip_sdk.model.folder import load_model, save_model_dir
 
     torch.manual_seed(0)
     loaded = load_model(name)
@@ -126,9 +126,9 @@ class RssSampler(threading.Thread):
 
 def one_reindex(model_dir: Path, count: int, batch_size: int, *, images: bool = False) -> dict[str, Any]:
     """Build a collection, reindex it once; seconds, database seconds, build seconds."""
-    from safeclip_sdk.encoder import Encoder
+    from safeclip_sdk.runtime.encoder import Encoder
     from safeclip_sdk.integrations import open_store
-    from safeclip_sdk.reindex import reindex, pipeline
+    from safeclip_sdk.index.reindex import reindex, pipeline
 
     folder = Path(scratch_folder())
     try:
@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the package's DEFAULT_BATCH_SIZE")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    from safeclip_sdk.reindex import DEFAULT_BATCH_SIZE
+    from safeclip_sdk.index.reindex import DEFAULT_BATCH_SIZE
 
     batch_size = args.batch_size or DEFAULT_BATCH_SIZE
     parts = args.only or ["throughput", "share", "rss", "batch"]

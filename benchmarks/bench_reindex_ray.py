@@ -30,9 +30,9 @@ from common import describe_machine, machine_info, markdown_table, summarize, wr
 
 def one_run(model_dir: Path, images: Path, count: int, batch_size: int, engine: str, workers: int,
             cpus_per_worker: float, postgres: "Postgres | None") -> dict[str, Any]:
-    from safeclip_sdk.encoder import Encoder
+    from safeclip_sdk.runtime.encoder import Encoder
     from safeclip_sdk.integrations import open_store
-    from safeclip_sdk.reindex import reindex
+    from safeclip_sdk.index.reindex import reindex
 
     folder = Path(scratch_folder())
     target = postgres.new_database() if postgres else str(folder / "db")

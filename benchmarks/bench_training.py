@@ -4,7 +4,7 @@
     python benchmarks/bench_training.py --models ViT-B-32 --methods hysac --batch-size 64 --json bench/train.json
 
 For each model (random init, nothing is downloaded) and each registered method the script builds
-what ``safeclip train`` builds: LoRA rank 16 on both towers (safeclip_sdk.lora.apply_lora), the
+what ``safeclip train`` builds: LoRA rank 16 on both towers (safeclip_sdk.training.lora.apply_lora), the
 FrozenReference when the method uses one, the method's objective and hooks (HySAC's head in its
 own parameter group, clamped after each step) and the Trainer, and feeds it one in-memory batch
 of random quadruplets (pixels at the model's image size, token ids ending in an end-of-text
@@ -124,15 +124,16 @@ def measure_model(model_name: str, method_name: str, *, batch_size: int, steps: 
     import torch
     from tqdm.auto import tqdm
 
-    from safeclip_sdk.config import LoraConfig, TrainConfig
-    from safeclip_sdk.devices import resolve_device
-    from safeclip_sdk.distributed import DistributedContext
-    from safeclip_sdk.lora import DualEncoder, FrozenReference, apply_lora, encode_image, encode_text, \
-        trainable_parameter_count
+    from safeclip_sdk.training.config import LoraConfig, TrainConfig
+    from safeclip_sdk._utils.devices import resolve_device
+    from safeclip_sdk.training.ddp import DistributedContext
+    from safeclip_sdk.training.lora import FrozenReference, apply_lora, trainable_parameter_count
+    from safeclip_sdk.model.towers import DualEncoder, encode_image, encode_text
     from safeclip_sdk.methods import get_method
     from safeclip_sdk.methods.base import TrainingRun
-    from safeclip_sdk.models import load_model, open_clip_module
-    from safeclip_sdk.trainer import Trainer
+    from safeclip_sdk.model.folder import load_model
+    from safeclip_sdk.model.architectures import open_clip_module
+    from safeclip_sdk.training.loop import Trainer
 
     open_clip_module()  # imported before the baseline, so its import does not count as the model's memory
     torch.set_num_threads(threads)
@@ -232,10 +233,11 @@ def measure_targets(model_name: str, *, captions: int, pool: int, repeats: int, 
     """SafeR-CLIP's target pass with the frozen text encoder, and the matching alone on a large pool."""
     import torch
 
-    from safeclip_sdk.devices import resolve_device
-    from safeclip_sdk.lora import FrozenReference
+    from safeclip_sdk._utils.devices import resolve_device
+    from safeclip_sdk.training.lora import FrozenReference
     from safeclip_sdk.methods.safer_clip.targets import nearest_safe_captions, running_top1
-    from safeclip_sdk.models import load_model, open_clip_module
+    from safeclip_sdk.model.folder import load_model
+    from safeclip_sdk.model.architectures import open_clip_module
 
     open_clip_module()
     torch.set_num_threads(threads)
@@ -360,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from safeclip_sdk.devices import resolve_device
+    from safeclip_sdk._utils.devices import resolve_device
 
     torch.set_num_threads(args.threads)
     device_type = resolve_device(args.device).type

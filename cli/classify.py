@@ -1,6 +1,6 @@
 """``safeclip classify``: safe or unsafe, with a score, for texts and images (HySAC models), and
 ``safeclip classify calibrate``: recalibrate the threshold stored in a model folder. Thin wrappers
-over :func:`safeclip_sdk.classify.classify` and :func:`safeclip_sdk.classify.calibrate_model`."""
+over :func:`safeclip_sdk.runtime.classify.classify` and :func:`safeclip_sdk.runtime.classify.calibrate_model`."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def command() -> None:
 def predict(model: str, texts: tuple[str, ...], images: tuple[Path, ...], threshold: float | None, backend: str,
             device: str, as_json: bool) -> None:
     """Classify each --text and --image with MODEL (a HySAC model folder or ONNX export)."""
-    from safeclip_sdk.classify import classify
+    from safeclip_sdk.runtime.classify import classify
 
     if not texts and not images:
         raise click.UsageError("give at least one --text or --image")
@@ -79,7 +79,7 @@ def predict(model: str, texts: tuple[str, ...], images: tuple[Path, ...], thresh
 def calibrate(model: str, data: str, image_root: str | None, unsafe_image_root: str | None, skip_bad: bool,
               objective: str, plot_path: str | None, json_path: str | None, device: str) -> None:
     """Choose MODEL's threshold on --data and store it in the model folder's safeclip.json."""
-    from safeclip_sdk.classify import calibrate_model
+    from safeclip_sdk.runtime.classify import calibrate_model
 
     report = calibrate_model(model, data, image_root=image_root, unsafe_image_root=unsafe_image_root,
                              skip_bad=skip_bad, objective=objective, plot_path=plot_path, json_path=json_path,

@@ -11,12 +11,12 @@ import click
 @click.option("--quick", is_flag=True, help="A seconds-long smoke run on a tiny world (numbers mean nothing).")
 @click.option("--device", default="auto", help="auto, cpu, cuda ...")
 @click.option("--seed", default=0, type=int)
-@click.option("--export/--no-export", default=True, help="Export the Safe-CLIP model to ONNX and search with it.")
+@click.option("--export/--no-export", default=True, help="Export the fine-tuned model to ONNX and search with it.")
 @click.option("--all-methods", is_flag=True,
-              help="Also train SafeR-CLIP and HySAC the same way and compare the four models (a few more minutes).")
+              help="Also train every other method the same way and compare all the models (a few more minutes).")
 def command(output_dir, quick, device, seed, export, all_methods):
     """Build a synthetic world, train a base CLIP, make it safe, evaluate, export and search."""
-    from safeclip_sdk.demo import run_demo
+    from safeclip_sdk.demo.run import run_demo
 
     run_demo(output_dir, quick=quick, device=device, seed=seed, export=export, all_methods=all_methods,
              echo=click.echo)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from safeclip_sdk.cli.engine import engine_options
-from safeclip_sdk.embed import embed
-from safeclip_sdk.encoder import BACKENDS, PRECISIONS
+from safeclip_sdk.runtime.embed import embed
+from safeclip_sdk.runtime.encoder import BACKENDS, PRECISIONS
 
 
 @click.command("embed")

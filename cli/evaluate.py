@@ -1,5 +1,5 @@
-"""``safeclip eval``: a thin wrapper over :func:`safeclip_sdk.evaluation.evaluate`, and with
-``--deployment`` over :func:`safeclip_sdk.deployment.compare_deployments`."""
+"""``safeclip eval``: a thin wrapper over :func:`safeclip_sdk.evaluation.protocol.evaluate`, and with
+``--deployment`` over :func:`safeclip_sdk.evaluation.deployment.compare_deployments`."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def command(models, data, image_root, unsafe_image_root, base_source, base_pretr
 
     With --deployment, measure which deployment of the one safe MODEL is safer, for unsafe and
     safe queries, text and image queries, and recommend one."""
-    from safeclip_sdk.evaluation import base_model_of, evaluate
+    from safeclip_sdk.evaluation.protocol import base_model_of, evaluate
 
     if no_base and (base_source or base_pretrained):
         raise click.UsageError("--no-base cannot be combined with --base or --base-pretrained")
@@ -81,8 +81,8 @@ def command(models, data, image_root, unsafe_image_root, base_source, base_pretr
 
 def _compare_deployments(models, data, *, base_source, base_pretrained, no_base, zero_shot_dir, json_path,
                          markdown_path, plot_path, **options):
-    from safeclip_sdk.deployment import compare_deployments
-    from safeclip_sdk.evaluation import base_model_of
+    from safeclip_sdk.evaluation.deployment import compare_deployments
+    from safeclip_sdk.evaluation.protocol import base_model_of
 
     if len(models) != 1:
         raise click.UsageError(f"--deployment compares one safe MODEL with its base, got {len(models)} models")

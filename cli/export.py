@@ -40,7 +40,7 @@ def command(model_dir, onnx_dir, fp16, int8, eval_data, image_root, tensorrt, hf
     if (eval_data or image_root) and not int8:
         raise click.UsageError("--eval-data and --image-root are used by the int8 check: add --int8")
 
-    from safeclip_sdk.models import load_model
+    from safeclip_sdk.model.folder import load_model
 
     loaded = load_model(model_dir)
     if onnx_dir:

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 
 import click
 
 from safeclip_sdk.cli.engine import engine_options
 from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
-from safeclip_sdk.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCORE_FIELD, MODES, UNSAFE_SCORE_FIELD,
-                                  cleanup, reindex, rollback)
+from safeclip_sdk.index.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCORE_FIELD, MODES,
+                                        UNSAFE_SCORE_FIELD, cleanup, reindex, rollback)
 
 
 @click.group("reindex", invoke_without_command=True)
@@ -34,7 +33,8 @@ from safeclip_sdk.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCOR
 @click.option("--adopt", is_flag=True, help="Turn a plain collection NAME into an alias (a moment of downtime).")
 @click.option("--score-field", default=None,
               help=f"Payload key of the moderation score [default: {DEFAULT_SCORE_FIELD} for the side-by-side "
-                   f"shift score, {UNSAFE_SCORE_FIELD} for a HySAC model's unsafe score].")
+                   f"shift score, {UNSAFE_SCORE_FIELD} for a model that scores items itself, e.g. by the "
+                   f"distance from the origin of a hyperbolic space].")
 @click.option("--no-score", is_flag=True, help="Store no moderation score.")
 @click.option("--report", metavar="PATH", type=click.Path(dir_okay=False),
               help="JSON report (default: reindex-NAME.json in the current folder).")
@@ -68,7 +68,7 @@ def command(ctx: click.Context, qdrant, pgvector, collection, model, mode, image
                      report=None if dry_run else (report or f"reindex-{collection}.json"), progress=not no_progress,
                      engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
                      cpus_per_worker=cpus_per_worker, ray_address=ray_address)
-    click.echo(json.dumps(result, indent=2, default=str) if dry_run else result.summary())
+    click.echo(result.summary())
 
 
 @command.command("rollback")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from safeclip_sdk.search import MODES, THRESHOLD, search
+from safeclip_sdk.index.search import MODES, THRESHOLD, search
 
 from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 
@@ -34,8 +34,8 @@ from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="Seconds a server request may take.")
 @click.option("--no-traversal", is_flag=True,
-              help="HySAC models: search with the query as it is, without moving it back to the safe region "
-                   "(to review unsafe results).")
+              help="Models whose method moves queries back to the safe region (a hyperbolic model's safety "
+                   "traversal): search with the query as it is (to review unsafe results).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def command(qdrant: str | None, pgvector: str | None, collection: str, model: str | None, text: str | None,
             image: Path | None, limit: int, mode: str | None, vector: str | None, max_score: str | None,

@@ -1,10 +1,10 @@
-"""``safeclip train``: a thin wrapper over :func:`safeclip_sdk.training.train`."""
+"""``safeclip train``: a thin wrapper over :func:`safeclip_sdk.training.run.train`."""
 
 from __future__ import annotations
 
 import click
 
-from safeclip_sdk.config import parse_override
+from safeclip_sdk.training.config import parse_override
 from safeclip_sdk.methods import available_methods
 
 # CLI option -> config key; every option left unset keeps the YAML file's (or default) value.
@@ -23,7 +23,7 @@ OPTION_KEYS = {
 @click.option("-c", "--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML config; options below override it.")
 @click.option("--method", type=click.Choice(available_methods()),
-              help="Safety method; its settings are the config section of the same name (safer_clip: ...).")
+              help="Safety method; its settings are its config section (see --set).")
 @click.option("--base-model", help="open_clip architecture, hf-hub:org/repo, or a model folder.")
 @click.option("--pretrained", help="open_clip pretrained tag or checkpoint file for --base-model.")
 @click.option("--train-data", help="Training quadruplets: ViSU .json or generic .jsonl.")
@@ -48,8 +48,8 @@ OPTION_KEYS = {
 @click.option("--skip-bad", is_flag=True, default=None, help="Skip bad dataset rows (listed in report.json).")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in OUTPUT_DIR from its last checkpoint.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="Any other config key, e.g. --set lora.alpha=32 --set safer_clip.tau=0.02 (method settings: "
-                   "SECTION.key, the section named after the method).")
+              help="Any other config key, e.g. --set lora.alpha=32 (a method's settings: --set SECTION.key=value, "
+                   "SECTION the method's config section, as in the recipes).")
 def command(config_file, skip_bad, resume, assignments, **options):
     """Fine-tune a base CLIP with a safety method and write a merged model folder.
 
@@ -57,7 +57,7 @@ def command(config_file, skip_bad, resume, assignments, **options):
     safeclip train -c cfg.yaml --method safer-clip --set safer_clip.tau=0.02
     Multi-GPU: torchrun --nproc-per-node 8 -m safeclip_sdk train -c cfg.yaml
     """
-    from safeclip_sdk.training import train
+    from safeclip_sdk.training.run import train
 
     overrides = {OPTION_KEYS[name]: value for name, value in options.items() if value is not None}
     if skip_bad:

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import os
 
-from .base import (DEFAULT_VECTOR, Hit, MissingCollectionError, Point, Range, StoreError, VectorSpec,
+from .base import (DEFAULT_VECTOR, PG_DSN_ENV, Hit, MissingCollectionError, Point, Range, StoreError, VectorSpec,
                    VectorStore)
 from .retry import RetryPolicy
-
-#: the environment variable that may hold a whole PostgreSQL connection string (password included)
-PG_DSN_ENV = "SAFECLIP_PG_DSN"
 
 __all__ = ["open_store", "PG_DSN_ENV", "VectorStore", "VectorSpec", "Point", "Hit", "Range", "StoreError",
            "MissingCollectionError", "RetryPolicy", "DEFAULT_VECTOR"]

@@ -22,6 +22,8 @@ import numpy as np
 from safeclip_sdk.errors import SafeclipError
 
 PointId = int | str
+#: the environment variable that may hold a whole PostgreSQL connection string (password included)
+PG_DSN_ENV = "SAFECLIP_PG_DSN"
 DEFAULT_VECTOR = ""
 DISTANCES = ("cosine", "dot", "euclid")
 

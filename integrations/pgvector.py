@@ -34,12 +34,11 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     raise ImportError("the PostgreSQL integration needs psycopg and pgvector: "
                       "pip install 'safeclip[pgvector]'") from error
 
-from . import PG_DSN_ENV as DSN_ENV
 from . import pgvector_catalog as catalog
 from . import pgvector_connection as connection
 from . import pgvector_schema as schema
-from .base import (DEFAULT_VECTOR, Hit, MissingCollectionError, Point, PointId, Range, StoreError, VectorSpec,
-                   VectorStore)
+from .base import (DEFAULT_VECTOR, PG_DSN_ENV, Hit, MissingCollectionError, Point, PointId, Range, StoreError,
+                   VectorSpec, VectorStore)
 from .retry import RetryPolicy, call_with_retries
 
 T = TypeVar("T")
@@ -67,9 +66,10 @@ class PgVectorStore(VectorStore):
 
         The first connection is made here, so a wrong address or password fails at once.
         """
-        dsn = dsn or os.environ.get(DSN_ENV)
+        dsn = dsn or os.environ.get(PG_DSN_ENV)
         if not dsn:
-            raise StoreError(f"no PostgreSQL connection string: give postgresql://user@host:5432/db or set {DSN_ENV}")
+            raise StoreError(f"no PostgreSQL connection string: give postgresql://user@host:5432/db or set "
+                             f"{PG_DSN_ENV}")
         store = cls(dsn, timeout=timeout, retry=retry)
         store._call("connect", None, lambda conn: None)
         return store

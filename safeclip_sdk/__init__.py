@@ -9,27 +9,32 @@
 
 from importlib import import_module
 
+from ._utils.version import __version__
 from .errors import DataError, ExportError, ImageError, ModelLoadError, SafeclipError
-from .models import LoadedModel, load_model, save_model_dir
-
-__version__ = "0.1.0"
+from .model.folder import LoadedModel, save_model_dir
 
 # Heavier entry points load on first use, so `import safeclip_sdk` stays quick.
 _LAZY = {
-    "train": "training", "TrainConfig": "config", "load_config": "config",
-    "evaluate": "evaluation", "Encoder": "encoder", "embed": "embed", "load_image": "images",
-    "export_onnx": "export.onnx", "export_hf": "export.hf", "run_demo": "demo",
-    "compare_deployments": "deployment", "search": "search", "SafeSearch": "search",
+    "train": "training.run", "TrainConfig": "training.config", "load_config": "training.config",
+    "evaluate": "evaluation.protocol", "compare_deployments": "evaluation.deployment",
+    "export_onnx": "export.onnx", "export_hf": "export.hf",
+    "Encoder": "runtime.encoder", "embed": "runtime.embed", "classify": "runtime.classify",
+    "load_image": "data.images",
+    "open_store": "integrations", "search": "index.search", "SafeSearch": "index.search",
+    "reindex": "index.reindex", "complete_point": "index.reindex",
+    "run_demo": "demo.run",
+    "load_model": "methods:load_checked_model",
 }
 
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        module, _, attribute = _LAZY[name].partition(":")
+        return getattr(import_module(f".{module}", __name__), attribute or name)
     raise AttributeError(f"module 'safeclip_sdk' has no attribute '{name}'")
 
 
 __all__ = [
-    "DataError", "ExportError", "ImageError", "LoadedModel", "ModelLoadError", "SafeclipError",
+    "DataError", "ExportError", "ImageError", "LoadedModel", "ModelLoadError", "SafeclipError", "__version__",
     "load_model", "save_model_dir", *_LAZY,
 ]

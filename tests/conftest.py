@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from safeclip_sdk.models import load_model
+from safeclip_sdk.model.folder import load_model
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved `safeclip-tiny` model folder (open_clip local-dir layout), shared by the session."""
-    from safeclip_sdk.models import save_model_dir
+    from safeclip_sdk.model.folder import save_model_dir
 
     torch.manual_seed(0)
     loaded = load_model("safeclip-tiny")

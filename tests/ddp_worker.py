@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from safeclip_sdk.distributed import init_distributed, shutdown_distributed
-from safeclip_sdk.trainer import Trainer
+from safeclip_sdk.training.ddp import init_distributed, shutdown_distributed
+from safeclip_sdk.training.loop import Trainer
 from synthetic import SyntheticQuadruplets, make_encoder_and_objective, make_hysac_encoder_and_method, trainer_config
 
 out = Path(sys.argv[1])

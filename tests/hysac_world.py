@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from safeclip_sdk.encoder import Encoder
-from safeclip_sdk.methods.hysac.calibration import calibrate
+from safeclip_sdk.runtime.encoder import Encoder
+from safeclip_sdk.metrics.calibration import calibrate
 from safeclip_sdk.methods.hysac.traversal import class_distance_stats
-from safeclip_sdk.models import load_model, save_model_dir
+from safeclip_sdk.model.folder import load_model, save_model_dir
 
 CURVATURE = 1.3
 TEXT_SCALE = 0.21

@@ -11,7 +11,7 @@ import sys
 import time
 
 from safeclip_sdk.integrations import open_store
-from safeclip_sdk.reindex import reindex
+from safeclip_sdk.index.reindex import reindex
 
 WRITE_PAUSE = 0.3
 

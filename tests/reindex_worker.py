@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import sys
 
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
-from safeclip_sdk.reindex import reindex
+from safeclip_sdk.index.reindex import reindex
 
 
 def main(db: str, model: str, log_path: str, batch_size: str) -> None:

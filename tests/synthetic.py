@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from safeclip_sdk.config import LoraConfig, TrainConfig
-from safeclip_sdk.lora import DualEncoder, FrozenReference, apply_lora
+from safeclip_sdk.training.config import LoraConfig, TrainConfig
+from safeclip_sdk.training.lora import FrozenReference, apply_lora
+from safeclip_sdk.model.towers import DualEncoder
 from safeclip_sdk.methods.safe_clip.config import SafeClipConfig
 from safeclip_sdk.methods.safe_clip.losses import SafeClipLoss
 from safeclip_sdk.methods.safe_clip.method import SafeClipObjective
-from safeclip_sdk.models import load_model
+from safeclip_sdk.model.folder import load_model
 
 
 class SyntheticQuadruplets(torch.utils.data.Dataset):

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from safeclip_sdk.classify import calibrate_model, classify
+from safeclip_sdk.runtime.classify import calibrate_model, classify
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.errors import SafeclipError
-from safeclip_sdk.methods.hysac.calibration import calibrate
+from safeclip_sdk.metrics.calibration import calibrate
 
 
 def test_classification_separates_the_world_with_the_calibrated_threshold(hysac_world):
@@ -49,7 +49,7 @@ def test_a_cosine_model_has_no_classifier(tiny_model_dir):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "Error: the model embeds into the cosine space and has no unsafe classifier: classification needs a "
-        "HySAC model (safeclip train --method hysac)"]
+        "model trained by a method that classifies (safeclip train --method hysac)"]
 
 
 def test_cli_classifies_texts_and_images_as_json(hysac_world):

@@ -4,8 +4,8 @@ import pytest
 
 import safeclip_sdk
 from safeclip_sdk import SafeclipError
-from safeclip_sdk.config import LoraConfig, load_config, parse_override, save_config
-from safeclip_sdk.lora import apply_lora, trainable_parameter_count
+from safeclip_sdk.training.config import LoraConfig, load_config, parse_override, save_config
+from safeclip_sdk.training.lora import apply_lora, trainable_parameter_count
 
 SHIPPED = sorted((Path(safeclip_sdk.__file__).parent / "configs").glob("*.yaml"))
 
@@ -59,7 +59,7 @@ def test_numbers_in_yaml_exponent_form_and_bad_numbers():
 def test_device_settings_resolve_or_fail_in_one_line():
     import torch
 
-    from safeclip_sdk.devices import resolve_device
+    from safeclip_sdk._utils.devices import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -102,8 +102,8 @@ def test_values_out_of_range_are_refused_when_the_config_is_built(key, value, me
 
 
 def test_validation_applies_to_the_merged_config_and_to_configs_built_in_code(tmp_path):
-    from safeclip_sdk.config import TrainConfig
-    from safeclip_sdk.training import train
+    from safeclip_sdk.training.config import TrainConfig
+    from safeclip_sdk.training.run import train
 
     path = tmp_path / "cfg.yaml"
     path.write_text("epochs: 0\nlr_schedule: constant\n")

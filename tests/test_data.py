@@ -385,7 +385,7 @@ def test_image_deleted_after_loading_gives_a_data_error(jsonl_dir, tiny_model):
 # --------------------------------------------------------------------- per-category report
 
 def test_per_category_report_groups_known_categories_and_keeps_users_labels():
-    from safeclip_sdk.evaluation import UNSAFE_TEXT_TO_SAFE_IMAGES, EmbeddingSet, retrieval_metrics
+    from safeclip_sdk.metrics.retrieval import UNSAFE_TEXT_TO_SAFE_IMAGES, EmbeddingSet, retrieval_metrics
 
     eye = torch.eye(6).numpy()
     # unsafe caption i lands on safe image i for i < 3, elsewhere for the others

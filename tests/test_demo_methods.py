@@ -8,8 +8,9 @@ from PIL import Image
 
 from safeclip_sdk import load_model
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.demo import QUICK_SETTINGS
-from safeclip_sdk.demo_methods import compare_all_methods
+from safeclip_sdk.demo.settings import QUICK_SETTINGS
+from safeclip_sdk.demo.methods import compare_all_methods
+from safeclip_sdk.methods import model_inference
 
 ROWS = ("base", "safe-clip", "safer-clip", "hysac", "hysac (no traversal)")
 
@@ -28,7 +29,7 @@ def test_quick_demo_with_all_methods_trains_compares_and_reports(tmp_path):
         metadata = json.loads((out / method / "model" / "safeclip.json").read_text())
         assert metadata["method"] == method
         assert metadata["base_model"]["source"] == str(out / "base" / "model")
-        spaces[method] = load_model(str(out / method / "model")).space.kind
+        spaces[method] = model_inference(load_model(str(out / method / "model"))).space.kind
     assert spaces == {"safe-clip": "cosine", "safer-clip": "cosine", "hysac": "lorentz"}
     assert (out / "safer-clip" / "cache" / "train-targets").is_dir()  # SafeR-CLIP's proximity-target pass ran
 

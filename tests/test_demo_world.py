@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from safeclip_sdk.data import CATEGORIES, build_demo_world, load_dataset
-from safeclip_sdk.data.demo_world import SUBJECTS, UNSAFE_MOTIFS
+from safeclip_sdk.data import CATEGORIES, load_dataset
+from safeclip_sdk.demo.world import build_demo_world
+from safeclip_sdk.demo.world import SUBJECTS, UNSAFE_MOTIFS
 
 SMALL = {"n_train": 40, "n_val": 8, "n_test": 12}
 

@@ -8,17 +8,18 @@ from click.testing import CliRunner
 from PIL import Image
 
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.data import build_demo_world, load_dataset
-from safeclip_sdk.deployment import (
-    BASE, FULL_REINDEX, IMAGE_QUERIES, IMAGES, QUERY_SIDE, SIDE_BY_SIDE, TEXT_QUERIES, TEXTS, DeploymentReport,
-    compare_deployments, deployment_metrics, rank_with_hidden,
-)
-from safeclip_sdk.deployment_report import recommend
+from safeclip_sdk.demo.world import build_demo_world
+from safeclip_sdk.data import load_dataset
+from safeclip_sdk.evaluation.deployment import (BASE, FULL_REINDEX, IMAGE_QUERIES, IMAGES, QUERY_SIDE, SIDE_BY_SIDE,
+                                                TEXT_QUERIES, TEXTS, DeploymentReport, compare_deployments,
+                                                deployment_metrics)
+from safeclip_sdk.metrics.retrieval import rank_with_hidden
+from safeclip_sdk.evaluation.deployment_report import recommend
 from safeclip_sdk.errors import SafeclipError
-from safeclip_sdk.evaluation import (
-    UNSAFE_IMAGE_TO_ALL_TEXTS, UNSAFE_TEXT_TO_ALL_IMAGES, EmbeddingSet, evaluate, rank_ground_truth,
-)
-from safeclip_sdk.models import load_model, save_model_dir
+from safeclip_sdk.evaluation.protocol import evaluate
+from safeclip_sdk.metrics.retrieval import (UNSAFE_IMAGE_TO_ALL_TEXTS, UNSAFE_TEXT_TO_ALL_IMAGES, EmbeddingSet,
+                                            rank_ground_truth)
+from safeclip_sdk.model.folder import load_model, save_model_dir
 
 N = 4
 E = np.eye(3 * N, dtype=np.float32)

@@ -13,7 +13,7 @@ pytest.importorskip("ray")
 
 
 def test_one_pool_serves_the_whole_stream_in_order_and_reads_ahead_a_bounded_amount(local_ray):
-    from safeclip_sdk import distributed_ray as dray
+    from safeclip_sdk.runtime import ray_pool as dray
 
     class Squarer:  # defined here so that Ray ships it by value to its workers
         """Answers with its process id, so the test can count the actors that did the work."""
@@ -39,7 +39,7 @@ def test_one_pool_serves_the_whole_stream_in_order_and_reads_ahead_a_bounded_amo
 
 
 def test_a_safeclip_error_in_an_actor_reaches_the_caller_as_its_one_line(local_ray):
-    from safeclip_sdk import distributed_ray as dray
+    from safeclip_sdk.runtime import ray_pool as dray
     from safeclip_sdk.errors import SafeclipError
 
     class Failing:
@@ -53,7 +53,7 @@ def test_a_safeclip_error_in_an_actor_reaches_the_caller_as_its_one_line(local_r
 
 
 def test_an_actor_gets_as_many_torch_threads_as_its_cpus(local_ray):
-    from safeclip_sdk import distributed_ray as dray
+    from safeclip_sdk.runtime import ray_pool as dray
 
     class Threads:
         def __call__(self, value: int) -> int:
@@ -68,7 +68,7 @@ def test_an_actor_gets_as_many_torch_threads_as_its_cpus(local_ray):
 
 
 def test_a_pool_larger_than_the_cluster_fails_at_once_with_the_cpus_it_needs(local_ray):
-    from safeclip_sdk import distributed_ray as dray
+    from safeclip_sdk.runtime import ray_pool as dray
     from safeclip_sdk.errors import SafeclipError
 
     with pytest.raises(SafeclipError, match=r"2 worker\(s\) with 1.5 CPU\(s\) each need 3 CPU\(s\), but .* has 2"):

@@ -1,4 +1,4 @@
-"""`safeclip embed` and `safeclip_sdk.embed.embed` on a real tiny model and real files."""
+"""`safeclip embed` and `safeclip_sdk.runtime.embed.embed` on a real tiny model and real files."""
 
 import json
 
@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.embed import embed
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.embed import embed
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.errors import DataError, ModelLoadError
 
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.embed import embed
+from safeclip_sdk.runtime.embed import embed
 from tests.reindex_world import text_of, write_image
 from tests.ray_world import local_ray  # noqa: F401 - the session's Ray
 

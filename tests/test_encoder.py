@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from safeclip_sdk.encoder import Encoder, ImageFailure, _onnx_providers
+from safeclip_sdk.runtime.encoder import Encoder, ImageFailure, _onnx_providers
 from safeclip_sdk.errors import DataError, ExportError, ModelLoadError
 from safeclip_sdk.export.manifest import file_entry, load_manifest
-from safeclip_sdk.images import ImageError, load_image, preprocess_image
+from safeclip_sdk.data.images import ImageError, load_image, preprocess_image
 
 SIZES = [(64, 64), (120, 80), (37, 90), (257, 129), (16, 24)]
 MODES = ["RGB", "RGBA", "L", "CMYK", "P", "I;16"]
@@ -223,7 +223,7 @@ def test_texts_empty_and_truncated(onnx_encoder, caplog):
     with pytest.raises(DataError, match=r"^text #1: empty text$"):
         onnx_encoder.encode_text(["fine", "   "])
     long_text = "a very long caption about many different things " * 6
-    with caplog.at_level(logging.WARNING, logger="safeclip_sdk.encoder"):
+    with caplog.at_level(logging.WARNING, logger="safeclip_sdk.runtime.encoder"):
         embeddings = onnx_encoder.encode_text(["short", long_text, long_text + "!", long_text + "?"], batch_size=2)
     assert [record.getMessage() for record in caplog.records] == ["3 texts longer than 32 tokens were truncated"]
     # truncation keeps the first 31 tokens, so the three long texts become the same sequence
@@ -231,7 +231,7 @@ def test_texts_empty_and_truncated(onnx_encoder, caplog):
 
 
 def test_hf_tokenizer_named_in_the_manifest(onnx_export, tmp_path, caplog):
-    from safeclip_sdk._compat import ensure_torchvision
+    from safeclip_sdk._utils.compat import ensure_torchvision
 
     ensure_torchvision()
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -251,7 +251,7 @@ def test_hf_tokenizer_named_in_the_manifest(onnx_export, tmp_path, caplog):
 
     encoder = Encoder.load(copy, backend="onnx")
     long_text = "a red car on the street " * 6        # 36 words + [CLS] and [SEP] > 32 tokens
-    with caplog.at_level(logging.WARNING, logger="safeclip_sdk.encoder"):
+    with caplog.at_level(logging.WARNING, logger="safeclip_sdk.runtime.encoder"):
         embeddings = encoder.encode_text(["a photo of the dog", long_text, long_text + "cat dog"])
     assert [record.getMessage() for record in caplog.records] == ["2 texts longer than 32 tokens were truncated"]
     np.testing.assert_allclose(embeddings[1], embeddings[2], atol=1e-6)

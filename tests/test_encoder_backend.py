@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from safeclip_sdk.encoder import Encoder, fastest_backend
+from safeclip_sdk.runtime.encoder import Encoder, fastest_backend
 
 
 def test_model_folder_runs_on_torch(tiny_model_dir):

@@ -9,12 +9,12 @@ from PIL import Image
 from safeclip_sdk.cli.evaluate import model_names
 from safeclip_sdk.cli.main import cli
 from safeclip_sdk.data.quadruplets import Quadruplet
-from safeclip_sdk.evaluation import (
-    IMAGE_TO_TEXT, TEXT_ONLY_NOTE, TEXT_TO_IMAGE, UNSAFE_IMAGE_TO_ALL_TEXTS, UNSAFE_TEXT_TO_ALL_IMAGES,
-    UNSAFE_TEXT_TO_SAFE_IMAGES, EmbeddingSet, EvalReport, base_model_of, cosine, encode_quadruplets, evaluate,
-    rank_ground_truth, retrieval_metrics, zero_shot_accuracy, zero_shot_folder_accuracy,
-)
-from safeclip_sdk.models import load_model
+from safeclip_sdk.evaluation.protocol import (TEXT_ONLY_NOTE, EvalReport, base_model_of, encode_quadruplets, evaluate,
+                                              zero_shot_accuracy, zero_shot_folder_accuracy)
+from safeclip_sdk.metrics.retrieval import (IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNSAFE_IMAGE_TO_ALL_TEXTS,
+                                            UNSAFE_TEXT_TO_ALL_IMAGES, UNSAFE_TEXT_TO_SAFE_IMAGES, EmbeddingSet,
+                                            cosine, rank_ground_truth, retrieval_metrics)
+from safeclip_sdk.model.folder import load_model
 
 E = np.eye(8, dtype=np.float32)
 HALF = np.float32(np.sqrt(0.5))
@@ -248,10 +248,11 @@ def test_model_names_widen_only_where_folder_names_collide(tmp_path):
 
 def test_cosine_and_lorentz_models_side_by_side_with_traversal_on_and_off(hysac_world, tiny_model):
     from safeclip_sdk.data import load_dataset
-    from safeclip_sdk.encoder import Encoder
+    from safeclip_sdk.runtime.encoder import Encoder
+    from safeclip_sdk.methods import model_inference
     from safeclip_sdk.methods.hysac import lorentz as L
     from safeclip_sdk.methods.hysac.traversal import traverse
-    from safeclip_sdk.moderation import roc_auc, threshold_metrics
+    from safeclip_sdk.metrics.moderation import roc_auc, threshold_metrics
 
     world, data = hysac_world, load_dataset(hysac_world["data"])
     report = evaluate({"clip": tiny_model, "hysac": str(world["folder"])}, data, batch_size=4)
@@ -259,7 +260,7 @@ def test_cosine_and_lorentz_models_side_by_side_with_traversal_on_and_off(hysac_
     assert report.results["clip"]["classification"] is None and report.results["clip"]["traversal"] is None
 
     hysac = load_model(str(world["folder"]))
-    space = hysac.space
+    space = model_inference(hysac).space
     emb = encode_quadruplets(hysac, data.items, batch_size=4)
     encoder = Encoder.load(world["folder"], backend="torch", device="cpu")
     # Lorentz points, as the Encoder makes them, not unit rows
@@ -339,6 +340,6 @@ def test_hysac_rows_can_be_limited_and_a_model_without_statistics_is_noted(hysac
     (folder / "safeclip.json").write_text(json.dumps(metadata))
     report = evaluate({"bare": str(folder)}, data)
     assert list(report.results) == ["bare (no traversal)"]
-    assert any(note.startswith("bare: evaluated without the safety traversal") for note in report.notes)
+    assert any(note.startswith("bare: evaluated without its traversal") for note in report.notes)
     assert report.results["bare (no traversal)"]["classification"]["text"]["threshold"] == \
         metadata["hysac"]["calibration"]["threshold"]

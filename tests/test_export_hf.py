@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from safeclip_sdk import ExportError, LoadedModel, load_model
-from safeclip_sdk._compat import ensure_torchvision
+from safeclip_sdk._utils.compat import ensure_torchvision
 from safeclip_sdk.export.hf import export_hf
-from safeclip_sdk.hf_convert import load_hf_clip_dir
-from safeclip_sdk.models import build_model
+from safeclip_sdk.model.hf_convert import load_hf_clip_dir
+from safeclip_sdk.model.architectures import build_model
 
 pytest.importorskip("transformers")
 ensure_torchvision()

@@ -18,9 +18,9 @@ from safeclip_sdk.cli.main import cli
 from safeclip_sdk.data import load_dataset
 from safeclip_sdk.errors import ExportError
 from safeclip_sdk.export import onnx as onnx_export_module
-from safeclip_sdk.evaluation import EmbeddingSet, retrieval_metrics
+from safeclip_sdk.metrics.retrieval import EmbeddingSet, retrieval_metrics
 from safeclip_sdk.export import build_tensorrt_engines, export_onnx, load_manifest
-from safeclip_sdk.models import load_model
+from safeclip_sdk.model.folder import load_model
 
 CAPTIONS = ["a dog on the grass", "two people at the beach", "a red car in the street", "a cat asleep on a sofa",
             "a boat on the sea at night", "an old house in the snow", "a bird above a tree", "a child with a kite"]
@@ -298,7 +298,7 @@ def test_int8_retrieval_check_failure_names_the_numbers(export_copy, tiny_model_
 
 
 def test_lora_model_is_merged_before_export_and_replaces_other_weights(export_copy, tiny_model, tiny_model_dir):
-    from safeclip_sdk._compat import ensure_torchvision
+    from safeclip_sdk._utils.compat import ensure_torchvision
 
     ensure_torchvision()
     import peft

@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from safeclip_sdk import ModelLoadError, load_model
-from safeclip_sdk._compat import ensure_torchvision
-from safeclip_sdk.models import open_clip_module
+from safeclip_sdk._utils.compat import ensure_torchvision
+from safeclip_sdk.model.architectures import open_clip_module
 
 pytest.importorskip("transformers")
 ensure_torchvision()

@@ -8,12 +8,14 @@ import onnx
 import pytest
 import torch
 
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.errors import ExportError, ModelLoadError
 from safeclip_sdk.export.manifest import MANIFEST_NAME, load_manifest
 from safeclip_sdk.methods.hysac import lorentz as L
-from safeclip_sdk.models import load_model
-from safeclip_sdk.spaces import LORENTZ, LorentzSpace
+from safeclip_sdk.methods import model_inference
+from safeclip_sdk.methods.hysac.space import LORENTZ, LorentzSpace
+from safeclip_sdk.model.folder import load_model
+from safeclip_sdk.methods import load_checked_model
 
 from hysac_world import CURVATURE, SPACE, TEXT_SCALE
 
@@ -21,18 +23,18 @@ TEXTS = ["a dog on the beach", "two people walking in the snow at night", "a red
 
 
 def test_the_space_travels_with_the_model_folder(hysac_world, tiny_model_dir):
-    loaded = load_model(str(hysac_world["folder"]))
-    assert isinstance(loaded.space, LorentzSpace) and loaded.space.to_dict() == SPACE
-    assert loaded.hysac.threshold == hysac_world["hysac"]["calibration"]["threshold"]
-    assert loaded.hysac.threshold_for("text") == hysac_world["hysac"]["calibration_modality"]["text"]["threshold"]
+    inference = model_inference(load_model(str(hysac_world["folder"])))
+    assert isinstance(inference.space, LorentzSpace) and inference.space.to_dict() == SPACE
+    assert inference.settings.threshold == hysac_world["hysac"]["calibration"]["threshold"]
+    assert inference.threshold("text") == hysac_world["hysac"]["calibration_modality"]["text"]["threshold"]
     # a folder that records no space is cosine with the model's embedding size
-    plain = load_model(str(tiny_model_dir))
-    assert plain.space.to_dict() == {"kind": "cosine", "dim": 64} and plain.hysac is None
+    plain = model_inference(load_model(str(tiny_model_dir)))
+    assert plain.space.to_dict() == {"kind": "cosine", "dim": 64} and not plain.classifies
 
 
 def test_torch_encoder_returns_lorentz_points_of_the_projection(hysac_world):
     encoder = Encoder.load(hysac_world["folder"], backend="torch", device="cpu")
-    assert encoder.space.kind == LORENTZ and encoder.hysac is not None
+    assert encoder.space.kind == LORENTZ and encoder.inference.classifies
     points = encoder.encode_text(TEXTS)
     loaded = load_model(str(hysac_world["folder"]))
     with torch.no_grad():
@@ -48,7 +50,7 @@ def test_torch_encoder_returns_lorentz_points_of_the_projection(hysac_world):
 def test_onnx_export_holds_the_projection_and_agrees_with_torch(hysac_world, hysac_onnx):
     manifest = load_manifest(hysac_onnx)
     assert manifest.embedding_space == SPACE and manifest.space.to_dict() == SPACE
-    assert manifest.hysac == hysac_world["hysac"]
+    assert manifest.method_metadata == {"hysac": hysac_world["hysac"]}
     for tower in ("image", "text"):
         parity = manifest.variants["fp32"]["parity"][tower]
         assert parity["min_cosine"] >= 0.9999
@@ -58,7 +60,8 @@ def test_onnx_export_holds_the_projection_and_agrees_with_torch(hysac_world, hys
 
     torch_encoder = Encoder.load(hysac_world["folder"], backend="torch", device="cpu")
     onnx_encoder = Encoder.load(hysac_onnx, backend="onnx", device="cpu")
-    assert onnx_encoder.space == torch_encoder.space and onnx_encoder.hysac == torch_encoder.hysac
+    assert onnx_encoder.space == torch_encoder.space
+    assert onnx_encoder.inference.settings == torch_encoder.inference.settings
     images = hysac_world["safe_images"] + hysac_world["unsafe_images"]
     for expected, actual in ((torch_encoder.encode_text(TEXTS), onnx_encoder.encode_text(TEXTS)),
                              (torch_encoder.encode_image(images), onnx_encoder.encode_image(images))):
@@ -90,7 +93,7 @@ def test_model_folder_with_a_bad_space_fails_before_loading_weights(hysac_world,
     metadata["embedding_space"]["image_scale"] = -1
     (copy / "safeclip.json").write_text(json.dumps(metadata))
     with pytest.raises(ModelLoadError, match="'embedding_space.image_scale' must be a positive number, got -1"):
-        load_model(str(copy))
+        load_checked_model(str(copy))
 
 
 def _gallery(store, encoder, images):
@@ -107,7 +110,7 @@ def test_search_moves_hysac_queries_to_the_safe_boundary_unless_switched_off(hys
 
     from safeclip_sdk.cli.main import cli
     from safeclip_sdk.integrations import open_store
-    from safeclip_sdk.search import SafeSearch, SearchError
+    from safeclip_sdk.index.search import SafeSearch, SearchError
 
     encoder = Encoder.load(hysac_world["folder"], backend="torch", device="cpu")
     space, images = encoder.space, hysac_world["safe_images"] + hysac_world["unsafe_images"]

@@ -10,7 +10,7 @@ import torch
 
 from safeclip_sdk.errors import SafeclipError
 from safeclip_sdk.methods.hysac import lorentz as L
-from safeclip_sdk.methods.hysac.calibration import calibrate, is_unsafe
+from safeclip_sdk.metrics.calibration import calibrate, is_unsafe
 from safeclip_sdk.methods.hysac.traversal import (DistanceStats, SafetyTraversal, class_distance_stats,
                                                   distance_stats, safe_boundary, traverse)
 

@@ -8,12 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from safeclip_sdk.config import LoraConfig, LossConfig
+from safeclip_sdk.methods.safe_clip.config import SafeClipConfig as LossConfig
+from safeclip_sdk.training.config import LoraConfig
 from safeclip_sdk.errors import SafeclipError
-from safeclip_sdk.lora import (DualEncoder, FrozenReference, apply_lora, encode_image, encode_text, merge_lora,
-                               trainable_parameter_count)
-from safeclip_sdk.losses import SafeClipEmbeddings, SafeClipLoss
-from safeclip_sdk.models import load_model, open_clip_module, save_model_dir
+from safeclip_sdk.training.lora import FrozenReference, apply_lora, merge_lora, trainable_parameter_count
+from safeclip_sdk.model.towers import DualEncoder, encode_image, encode_text
+from safeclip_sdk.methods.safe_clip.losses import SafeClipEmbeddings, SafeClipLoss
+from safeclip_sdk.model.folder import load_model, save_model_dir
+from safeclip_sdk.model.architectures import open_clip_module
 
 CAPTIONS = ["a dog on a sofa", "two people at a table", "a red car in the rain"]
 UNSAFE_CAPTIONS = ["a dog covered in blood", "two people in a fist fight", "a burning car with a weapon"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from safeclip_sdk.errors import SafeclipError
-from safeclip_sdk.losses import contrastive_loss, cosine_distance
+from safeclip_sdk.methods.losses import contrastive_loss, cosine_distance
 from safeclip_sdk.methods.safe_clip.config import REFERENCE_WEIGHTS as SAFE_CLIP_REFERENCE_WEIGHTS
 from safeclip_sdk.methods.safe_clip.config import SafeClipConfig as LossConfig
 from safeclip_sdk.methods.safe_clip.losses import SafeClipEmbeddings, SafeClipLoss

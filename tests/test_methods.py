@@ -10,13 +10,13 @@ from click.testing import CliRunner
 
 from safeclip_sdk import SafeclipError, load_model
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.config import load_config, to_dict
-from safeclip_sdk.data import build_demo_world
+from safeclip_sdk.training.config import load_config, to_dict
+from safeclip_sdk.demo.world import build_demo_world
 from safeclip_sdk.methods import available_methods, get_method, register
 from safeclip_sdk.methods.base import Method
 from safeclip_sdk.methods.hysac.config import HySACConfig
 from safeclip_sdk.methods.safer_clip.config import SaferClipConfig
-from safeclip_sdk.training import train
+from safeclip_sdk.training.run import train
 
 
 def test_registry_lists_the_three_methods_and_names_unknown_ones():
@@ -57,7 +57,7 @@ def test_method_settings_live_in_their_section_and_the_method_override_applies_f
 
 def test_a_config_object_can_be_retrained_with_another_method(tmp_path):
     # the old method's section is dropped, the new one's keys apply; validation runs before any file is written
-    from safeclip_sdk.config import TrainConfig
+    from safeclip_sdk.training.config import TrainConfig
 
     config = TrainConfig(output_dir=str(tmp_path / "run"))
     with pytest.raises(SafeclipError, match="'hysac.curv_init' must be greater than 0"):
@@ -198,7 +198,7 @@ def test_hysac_trains_its_geometry_and_writes_the_lorentz_space_and_calibration(
 
     # the folder's Encoder embeds like training did: classifying the validation texts at the stored
     # text threshold reproduces the rates the calibration recorded
-    from safeclip_sdk.classify import classify
+    from safeclip_sdk.runtime.classify import classify
     from safeclip_sdk.data import load_dataset
 
     items = load_dataset(world["val"]).items
@@ -250,7 +250,7 @@ def test_an_interrupted_run_resumes_to_bitwise_the_same_model(tiny_model_dir, wo
 def test_calibration_never_puts_the_threshold_on_a_score():
     # an untrained model may put unsafe items nearer the origin: the best threshold flags nothing,
     # and it must sit clear of the highest score, not on it, or recomputed distances flip that item
-    from safeclip_sdk.methods.hysac.calibration import calibrate
+    from safeclip_sdk.metrics.calibration import calibrate
 
     nothing = calibrate([2.0, 3.0], [0.5, 1.0])
     assert nothing["threshold"] == pytest.approx(3.5) and nothing["at_threshold"]["fpr"] == 0.0

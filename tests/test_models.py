@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from safeclip_sdk import ModelLoadError, load_model, save_model_dir
-from safeclip_sdk.models import open_clip_module
+from safeclip_sdk.model.architectures import open_clip_module
 
 
 def test_tiny_architecture_is_registered_and_builds_offline(tiny_model):

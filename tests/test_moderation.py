@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from safeclip_sdk.moderation import calibrate_threshold, roc_auc, roc_curve, shift_score, threshold_metrics
+from safeclip_sdk.metrics.moderation import calibrate_threshold, roc_auc, roc_curve, shift_score, threshold_metrics
 
 
 def test_shift_score_is_one_minus_cosine():

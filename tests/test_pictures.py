@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from safeclip_sdk.pictures import SAFE_COLOR, UNSAFE_COLOR, ShownResult, search_comparison
+from safeclip_sdk.demo.pictures import SAFE_COLOR, UNSAFE_COLOR, ShownResult, search_comparison
 
 
 def _solid(path, color):

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import Point, VectorSpec
-from safeclip_sdk.moderation import shift_score
-from safeclip_sdk.reindex import (ERROR_FIELD, ReindexError, cleanup, complete_point, reindex, rollback)
+from safeclip_sdk.metrics.moderation import shift_score
+from safeclip_sdk.index.reindex import ERROR_FIELD, ReindexError, cleanup, complete_point, reindex, rollback
 from tests.reindex_world import (cosine, everything, make_text_collection, original_vector, text_of,
                                  without_reserved, write_image)
 
@@ -196,7 +196,9 @@ def test_unreadable_sources_are_left_out_and_counted_with_skip(store, encoder, t
 def test_dry_run_writes_nothing(store, encoder):
     make_text_collection(store, "docs-v0", 70, encoder.space.stored_dim, alias="docs")
     before = (store.list_collections(), store.read_state("reindex:docs"))
-    plan = reindex(store, "docs", encoder=encoder, text_field="text", batch_size=16, dry_run=True, progress=False)
+    report = reindex(store, "docs", encoder=encoder, text_field="text", batch_size=16, dry_run=True, progress=False)
+    plan = report.plan
+    assert report.dry_run and report.target == plan["target"]
     assert (store.list_collections(), store.read_state("reindex:docs")) == before
     assert plan["target"] == "docs-safeclip-v1" and plan["points"] == 70 and plan["mode"] == "side-by-side"
     assert plan["sample"]["fields_found"] == {"text": 48} and plan["sample"]["examples"][0]["text"] == text_of(0)
@@ -279,7 +281,7 @@ def test_an_unfinished_job_resumes_only_with_its_settings(store, encoder):
 
 
 def test_upserts_are_split_to_stay_under_the_request_limit():
-    from safeclip_sdk.reindex.pipeline import request_chunks
+    from safeclip_sdk.index.reindex.pipeline import request_chunks
 
     points = [Point(i, {"text": "x" * 1000}, {"": np.zeros(512, dtype=np.float32)}) for i in range(100)]
     chunks = request_chunks(points, max_bytes=64_000)

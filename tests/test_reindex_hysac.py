@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Point, VectorSpec
-from safeclip_sdk.reindex import UNSAFE_SCORE_FIELD, reindex
-from safeclip_sdk.search import SafeSearch
+from safeclip_sdk.index.reindex import UNSAFE_SCORE_FIELD, reindex
+from safeclip_sdk.index.search import SafeSearch
 from tests.reindex_world import everything
 
 
@@ -44,7 +44,7 @@ def test_side_by_side_stores_lorentz_points_and_the_unsafe_score(store, hysac_wo
         assert "safeclip_shift" not in points[i].payload   # a cosine/Lorentz shift would be meaningless
     info = store.read_state(f"index:{report.target}")
     assert info["score_field"] == UNSAFE_SCORE_FIELD
-    assert info["threshold"] == pytest.approx(hysac.hysac.threshold_for("text"))
+    assert info["threshold"] == pytest.approx(hysac.inference.threshold("text"))
 
     # a search that filters on the recorded threshold returns only items classified safe
     search = SafeSearch(store, "docs", hysac, mode="safe")

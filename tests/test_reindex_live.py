@@ -8,14 +8,14 @@ import threading
 import numpy as np
 import pytest
 
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import Point
-from safeclip_sdk.reindex import reindex
-from safeclip_sdk.reindex.pipeline import PointBuilder
-from safeclip_sdk.reindex.plan import Plan
-from safeclip_sdk.reindex.reconcile import final_pass, id_key, payload_hash, reconcile_pass
-from safeclip_sdk.reindex.sources import SourceReader
+from safeclip_sdk.index.reindex import reindex
+from safeclip_sdk.index.reindex.pipeline import PointBuilder
+from safeclip_sdk.index.reindex.plan import Plan
+from safeclip_sdk.index.reindex.reconcile import final_pass, id_key, payload_hash, reconcile_pass
+from safeclip_sdk.index.reindex.sources import SourceReader
 from tests.reindex_world import (RESERVED, cosine, everything, fast_folder, make_text_collection, original_vector, text_of,
                                  without_reserved)
 

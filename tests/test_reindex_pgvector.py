@@ -16,10 +16,10 @@ from click.testing import CliRunner
 
 import tests.test_reindex_resume as resume_tests
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.pgvector import PgVectorStore
-from safeclip_sdk.reindex import reindex
+from safeclip_sdk.index.reindex import reindex
 from tests.reindex_world import everything, make_text_collection, without_reserved
 from tests.test_reindex import (  # noqa: F401 - collected here with this module's fixtures
     test_an_unfinished_job_resumes_only_with_its_settings,

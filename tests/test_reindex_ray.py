@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.errors import SafeclipError
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import Point
-from safeclip_sdk.reindex import ERROR_FIELD, reindex
+from safeclip_sdk.index.reindex import ERROR_FIELD, reindex
 from tests.reindex_world import everything, make_text_collection, original_vector
 from tests.ray_world import local_ray  # noqa: F401 - the session's Ray
 
@@ -143,7 +143,7 @@ def test_a_gpu_or_cpu_request_beyond_the_host_fails_at_once(tmp_path, local_ray,
 
 
 def test_without_the_ray_engine_nothing_of_ray_is_imported():
-    code = ("import sys, safeclip_sdk.reindex, safeclip_sdk.embed, safeclip_sdk.cli.main\n"
+    code = ("import sys, safeclip_sdk.index.reindex, safeclip_sdk.runtime.embed, safeclip_sdk.cli.main\n"
             "loaded = [name for name in sys.modules if name == 'ray' or name.startswith('ray.')]\n"
             "assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
@@ -151,7 +151,7 @@ def test_without_the_ray_engine_nothing_of_ray_is_imported():
 
 def test_against_a_server_the_actors_write_and_the_result_is_the_same(tmp_path, local_ray, encoder,
                                                                       tiny_model_dir, pg_dsn):
-    from safeclip_sdk.reindex.ray_engine import workers_write
+    from safeclip_sdk.index.reindex.ray_engine import workers_write
 
     assert workers_write(pg_dsn) and not workers_write(str(tmp_path / "db"))
     store = open_store(pg_dsn)

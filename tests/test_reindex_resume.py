@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import StoreError
 from safeclip_sdk.integrations.retry import RetryPolicy
-from safeclip_sdk.reindex import reindex
-from safeclip_sdk.reindex.pipeline import PREFETCH
+from safeclip_sdk.index.reindex import reindex
+from safeclip_sdk.index.reindex.pipeline import PREFETCH
 from tests.faulty_store import FaultyStore
 from tests.reindex_world import everything, fast_folder, make_text_collection, without_reserved
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from safeclip_sdk.errors import SafeclipError
-from safeclip_sdk.losses import contrastive_loss
+from safeclip_sdk.methods.losses import contrastive_loss
 from safeclip_sdk.methods.safer_clip.curriculum import Curriculum
 from safeclip_sdk.methods.safer_clip.losses import (TERMS, SaferClipEmbeddings, SaferClipLoss,
                                                     relative_redirection_loss)

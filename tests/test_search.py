@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import MissingCollectionError, Point, VectorSpec
-from safeclip_sdk.search import (DEFAULT_SIDE_BY_SIDE_MODE, QUERY_SIDE, SAFE, SafeSearch, SearchError, search)
+from safeclip_sdk.index.search import DEFAULT_SIDE_BY_SIDE_MODE, QUERY_SIDE, SAFE, SafeSearch, SearchError, search
 
 TEXTS = ["a red bicycle leaning on a wall", "two dogs playing in the snow", "a bowl of ramen with eggs",
          "an old lighthouse at dusk", "children flying a kite on a beach", "a violin on a wooden table"]

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.encoder import Encoder
+from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
-from safeclip_sdk.search import SAFE, search
+from safeclip_sdk.index.search import SAFE, search
 from tests.test_search import TEXTS, _side_by_side, _source_of
 from tests.test_search import (  # noqa: F401 - collected here with this module's fixtures
     embedded, test_a_searcher_follows_the_alias, test_bad_input, test_image_queries,

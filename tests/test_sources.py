@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from safeclip_sdk.errors import SafeclipError
-from safeclip_sdk.reindex.sources import IMAGE, TEXT, SourceReader, describe_source, lookup
+from safeclip_sdk.index.reindex.sources import IMAGE, TEXT, SourceReader, describe_source, lookup
 
 
 def _png(color=(200, 30, 30), size=(8, 6)) -> bytes:

@@ -8,7 +8,8 @@ import torch
 
 from safeclip_sdk.errors import ModelLoadError
 from safeclip_sdk.methods.hysac import lorentz as L
-from safeclip_sdk.spaces import LORENTZ, cosine_space, lorentz_space, space_from_dict
+from safeclip_sdk.methods.hysac.space import LORENTZ, lorentz_space
+from safeclip_sdk.model.spaces import cosine_space, space_from_dict
 
 SPACE = lorentz_space(16, curvature=0.7, text_scale=0.3, image_scale=0.2)
 

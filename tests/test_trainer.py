@@ -13,8 +13,8 @@ import torch
 
 from safeclip_sdk import SafeclipError
 from safeclip_sdk.methods.safe_clip.config import REFERENCE_WEIGHTS
-from safeclip_sdk.sampling import ResumableBatchSampler
-from safeclip_sdk.trainer import Trainer
+from safeclip_sdk.training.sampling import ResumableBatchSampler
+from safeclip_sdk.training.loop import Trainer
 
 from synthetic import SyntheticQuadruplets, make_encoder_and_objective, make_hysac_encoder_and_method, trainer_config
 
@@ -222,7 +222,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(interrupted_run, capl
         weights = newest / "trainable.safetensors"
         weights.write_bytes(weights.read_bytes()[:100])
     resumed = _fresh_trainer(run_dir, data)
-    with caplog.at_level(logging.WARNING, logger="safeclip_sdk.trainer"):
+    with caplog.at_level(logging.WARNING, logger="safeclip_sdk.training.loop"):
         assert resumed.resume()
     assert resumed.progress.step == 2
     assert "step-00000004" in caplog.text and "resuming from the older step-00000002" in caplog.text

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from safeclip_sdk import SafeclipError, load_model
 from safeclip_sdk.cli.main import cli
-from safeclip_sdk.config import load_config, save_config
-from safeclip_sdk.data import build_demo_world
-from safeclip_sdk.models import open_clip_module
-from safeclip_sdk.training import train
+from safeclip_sdk.training.config import load_config, save_config
+from safeclip_sdk.demo.world import build_demo_world
+from safeclip_sdk.model.architectures import open_clip_module
+from safeclip_sdk.training.run import train
 
 
 @pytest.fixture(scope="module")

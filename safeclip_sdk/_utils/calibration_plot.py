@@ -10,12 +10,12 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .models import atomic_write
+from .files import atomic_write
 from .roc_plot import COLOURS, GRID, INK, roc_image
 
 
 def draw_calibration(report: Mapping[str, Any], path: str | os.PathLike, *, size: int = 560) -> Path:
-    """Write the curves of a :func:`safeclip_sdk.classify.calibrate_model` report as a PNG.
+    """Write the curves of a :func:`safeclip_sdk.runtime.classify.calibrate_model` report as a PNG.
 
     Each calibration (``all``, then each modality) is one ROC curve, with a dot where its
     threshold sits; the right panel shows each one's accuracy against the threshold.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import SafeclipError
+from ..errors import SafeclipError
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import SafeclipError
-from .models import atomic_write
+from ..errors import SafeclipError
+from .files import atomic_write
 
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
 GRID = (225, 225, 225)

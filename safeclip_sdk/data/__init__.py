@@ -1,7 +1,6 @@
-"""Datasets of safe/unsafe quadruplets: ViSU-Text, a generic JSONL format, and a generated demo world."""
+"""Datasets of safe/unsafe quadruplets: ViSU-Text, a generic JSONL format, and image loading."""
 
 from .categories import CATEGORIES, COARSE_GROUPS, coarse_group, is_known_category, normalize_category
-from .demo_world import build_demo_world
 from .loading import load_dataset
 from .quadruplets import BadRow, Quadruplet, QuadrupletSet
 from .torch_dataset import ImageTextPairs, QuadrupletDataset
@@ -14,7 +13,6 @@ __all__ = [
     "Quadruplet",
     "QuadrupletDataset",
     "QuadrupletSet",
-    "build_demo_world",
     "coarse_group",
     "is_known_category",
     "load_dataset",

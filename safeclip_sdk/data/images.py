@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from ..errors import ImageError
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
-from ..images import DEFAULT_MAX_PIXELS, check_image
+from .images import DEFAULT_MAX_PIXELS, check_image
 from .jsonl import read_jsonl
 from .quadruplets import BadRow, Quadruplet, QuadrupletSet
 from .visu import read_visu
@@ -106,7 +106,7 @@ def check_image_files(rows: list[Quadruplet | BadRow], *, decode: bool = True,
 
 
 def image_problem(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """Why an image file cannot be used (the reason :func:`safeclip_sdk.images.load_image`
+    """Why an image file cannot be used (the reason :func:`safeclip_sdk.data.images.load_image`
     would give), or ``None`` when it decodes."""
     try:
         check_image(path, max_pixels=max_pixels)

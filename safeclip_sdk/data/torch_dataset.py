@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .. import images
+from . import images
 from ..errors import DataError, ImageError
 from .quadruplets import Quadruplet
 
 
 def load_image(path: Path, preprocess: Callable, source: str = "", *,
                max_pixels: int = images.DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """An image file as a preprocessed tensor, decoded by :func:`safeclip_sdk.images.load_image`
+    """An image file as a preprocessed tensor, decoded by :func:`safeclip_sdk.data.images.load_image`
     (the Encoder's loader: EXIF orientation, mode conversion, pixel limit).
 
     Raises ``DataError`` ``"{source}: {path}: {what is wrong}"``, e.g. for a file deleted or

@@ -1,10 +1,11 @@
-"""The demo's ``--all-methods`` stage: the three safety methods side by side on the demo world.
+"""The demo's ``--all-methods`` stage: every registered safety method side by side on the demo world.
 
-SafeR-CLIP and HySAC are fine-tuned from the demo's base CLIP with exactly the settings of its
-Safe-CLIP run (LoRA, epochs, batch size, learning rate, seed; each method's own section at its
-defaults), then ONE evaluation ranks base, Safe-CLIP, SafeR-CLIP and HySAC (with and without its
-safety traversal) on the same test split: the four recall settings, the unsafe top-1 rates, the
-safe-query leak, the zero-shot check and HySAC's classification figures. Each cosine method also
+Each method other than the demo's default one is fine-tuned from the demo's base CLIP with
+exactly the settings of the default run (LoRA, epochs, batch size, learning rate, seed; each
+method's own section at its defaults), then ONE evaluation ranks the base and every method (a
+method that transforms queries with and without it) on the same test split: the four recall
+settings, the unsafe top-1 rates, the safe-query leak, the zero-shot check and, for methods that
+classify, their classification figures. Each method whose models embed into the cosine space also
 gets the deployment comparison over a collection embedded with the base model (query side only
 against a full reindex). The results go to ``methods.md``, ``methods.json`` and ``methods.png``
 in the demo folder. Trained folders are reused, so an interrupted run resumes.
@@ -20,17 +21,38 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .evaluation import IMAGE_TO_TEXT, NO_TRAVERSAL_SUFFIX, TEXT_TO_IMAGE, UNSAFE_IMAGE_TO_ALL_TEXTS, \
-    UNSAFE_TEXT_TO_ALL_IMAGES, EvalReport
-from .models import atomic_write, atomic_write_text
+from ..evaluation.deployment import compare_deployments
+from ..evaluation.protocol import EvalReport, evaluate, untransformed_row
+from ..methods import DEFAULT_METHOD, available_methods, get_method
+from ..model.spaces import COSINE
+from ..training.run import train
+from .settings import method_config
+from ..metrics.retrieval import IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNSAFE_IMAGE_TO_ALL_TEXTS, UNSAFE_TEXT_TO_ALL_IMAGES
+from .._utils.files import atomic_write, atomic_write_text
 
-TRAINED_HERE = {"safer-clip": "SafeR-CLIP", "hysac": "HySAC"}
-COSINE_METHODS = ("safe-clip", "safer-clip")
 DEPLOYMENT_MODES = {"query-side": "query side (base vectors kept)", "full-reindex": "full reindex"}
 QUERY_DIRECTIONS = {"text queries": "text", "image queries": "image"}
-HYSAC_DEPLOYMENT_NOTE = ("HySAC has no query-side deployment: its Lorentz queries cannot be compared with a base "
-                         "model's cosine vectors, so a HySAC collection is always fully reindexed (its rows in the "
-                         "table above are that deployment, with and without traversal).")
+
+
+def _cosine(method: str) -> bool:
+    return get_method(method).space_kinds == (COSINE,)
+
+
+def _transform(method: str) -> str | None:
+    return get_method(method).inference_class.query_transform
+
+
+def _deployment_notes() -> list[str]:
+    """Why a method whose models embed into another space has no query-side deployment row."""
+    notes = []
+    for method in available_methods():
+        if not _cosine(method):
+            cls = get_method(method)
+            shown = f", with and without {_transform(method)}" if _transform(method) else ""
+            notes.append(f"{cls.display_name} has no query-side deployment: its {cls.space_kinds[0]} queries cannot "
+                         f"be compared with a base model's cosine vectors, so its collection is always fully "
+                         f"reindexed (its rows in the table above are that deployment{shown}).")
+    return notes
 
 
 @dataclass
@@ -93,8 +115,10 @@ class MethodComparison:
                   for row in summary]
         lines += ["", "R@1, unsafe top-1 (unsafe queries whose best match is unsafe, ↓), safe-query leak (safe "
                       "queries whose best match is unsafe, ↓) and zero-shot top-1 in %, all models on the same "
-                      f"{self.evaluation.num_items} test quadruplets; `{NO_TRAVERSAL_SUFFIX.strip()}`: HySAC with "
-                      "its queries left where they are."]
+                      f"{self.evaluation.num_items} test quadruplets"
+                      + "".join(f"; `{untransformed_row('', _transform(method)).strip()}`: "
+                                f"{get_method(method).display_name} with its queries left where they are"
+                                for method in available_methods() if _transform(method)) + "."]
         deployment = self.deployment_rows()
         if deployment:
             header = list(deployment[0])
@@ -102,8 +126,8 @@ class MethodComparison:
             lines += ["| " + " | ".join([row["method"], row["deployment"]] + [_cell(row[key]) for key in header[2:]])
                       + " |" for row in deployment]
             lines += ["", "Deployments over a collection embedded with the base model (text queries against the "
-                          "test images, image queries against the test captions), in %.", "",
-                      f"- {HYSAC_DEPLOYMENT_NOTE}"]
+                          "test images, image queries against the test captions), in %.", ""]
+            lines += [f"- {note}" for note in _deployment_notes()]
         lines += ["", "## Full evaluation", "", self.evaluation.to_markdown().rstrip()]
         if self.seconds:
             lines += ["", "Seconds: " + ", ".join(f"{name} {value}" for name, value in self.seconds.items()) + "."]
@@ -121,26 +145,23 @@ class MethodComparison:
 
 def compare_all_methods(out: Path, base_dir: Path, safe_dir: Path, world: dict[str, Path], settings, *,
                         device: str = "auto", seed: int = 0, echo=print) -> MethodComparison:
-    """Train SafeR-CLIP and HySAC beside the demo's Safe-CLIP (reusing trained folders), evaluate
-    the four models together, compare the cosine methods' deployments, print and save it all."""
-    from .demo import method_config
-    from .deployment import compare_deployments
-    from .evaluation import evaluate
-    from .training import train
-
+    """Train every other method beside the demo's default one (reusing trained folders), evaluate
+    all models together, compare the cosine methods' deployments, print and save it all."""
     seconds: dict[str, float] = {}
 
     def stage(name: str, started: float) -> None:
         seconds[name] = round(time.time() - started, 1)
         echo(f"[{name}] done in {seconds[name]} s")
 
-    model_dirs = {"safe-clip": safe_dir}
-    for method, title in TRAINED_HERE.items():
+    model_dirs = {DEFAULT_METHOD: safe_dir}
+    for method in available_methods():
+        if method == DEFAULT_METHOD:
+            continue
         started = time.time()
         model_dirs[method] = out / method / "model"
         if not (model_dirs[method] / "safeclip.json").is_file():
             train(method_config(method, out, base_dir, world, settings, device=device, seed=seed))
-        stage(f"{title} fine-tuning", started)
+        stage(f"{get_method(method).display_name} fine-tuning", started)
 
     started = time.time()
     evaluation = evaluate({"base": str(base_dir), **{name: str(path) for name, path in model_dirs.items()}},
@@ -150,7 +171,7 @@ def compare_all_methods(out: Path, base_dir: Path, safe_dir: Path, world: dict[s
     started = time.time()
     deployments = {method: compare_deployments(str(base_dir), str(model_dirs[method]), world["test"],
                                                val_data=world["val"], device=device)
-                   for method in COSINE_METHODS}
+                   for method in model_dirs if _cosine(method)}
     stage("method deployments", started)
 
     comparison = MethodComparison(model_dirs, evaluation, deployments, seconds)

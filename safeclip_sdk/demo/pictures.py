@@ -15,9 +15,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import ImageError
-from .images import ImageInput, load_image
-from .models import atomic_write
+from ..errors import ImageError
+from ..data.images import ImageInput, load_image
+from .._utils.files import atomic_write
 
 UNSAFE_COLOR = (210, 30, 30)
 SAFE_COLOR = (40, 160, 70)

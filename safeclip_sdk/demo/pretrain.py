@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .config import TrainConfig, to_dict, validate_config
-from .models import LoadedModel, load_model, save_model_dir
-from .devices import resolve_device
-from .trainer import Trainer
+from .._utils.version import __version__
+from ..training.config import TrainConfig, to_dict, validate_config
+from ..model.folder import LoadedModel, load_model, save_model_dir
+from .._utils.devices import resolve_device
+from ..training.loop import Trainer
 
 
 class ClipObjective:
@@ -34,7 +34,7 @@ class ClipObjective:
         return {}
 
     def loss(self, features: dict[str, torch.Tensor]):
-        from .losses import contrastive_loss
+        from ..methods.losses import contrastive_loss
 
         return contrastive_loss(features["image"], features["text"], self.tau), {}
 
@@ -43,8 +43,8 @@ def pretrain_clip(architecture: str, train_data: str | Path, output_dir: str | P
                   config: TrainConfig, tau: float = 0.07) -> LoadedModel:
     """Train ``architecture`` from random weights on the image-caption pairs of a quadruplet file
     (safe and unsafe pairs) and save it as a model folder in ``output_dir/model``."""
-    from .data import ImageTextPairs, load_dataset
-    from .lora import DualEncoder
+    from ..data import ImageTextPairs, load_dataset
+    from ..model.towers import DualEncoder
 
     validate_config(config)
     device = resolve_device(config.device)

@@ -25,30 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from .config import DataConfig, LoraConfig, TrainConfig
+from ..data import load_dataset
+from ..errors import ExportError
+from ..evaluation.protocol import evaluate
+from ..export.onnx import export_onnx
+from ..methods import DEFAULT_METHOD, get_method
+from ..runtime.encoder import Encoder
+from ..training.config import TrainConfig
+from ..training.run import train
+from .methods import compare_all_methods
+from .pretrain import pretrain_clip
+from .settings import QUICK_SETTINGS, DemoSettings, method_config
+from .world import build_demo_world
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    n_train: int = 3000
-    n_val: int = 300
-    n_test: int = 500
-    base_architecture: str = "safeclip-demo"
-    base_steps: int = 700
-    base_batch_size: int = 64
-    base_lr: float = 1e-3
-    safe_epochs: int = 3
-    safe_batch_size: int = 64
-    safe_lr: float = 1e-3
-    lora_rank: int = 16
-    search_queries: int = 3
-
-
-# Small enough for a test to run every stage in seconds; the numbers mean nothing.
-QUICK_SETTINGS = DemoSettings(n_train=48, n_val=16, n_test=24, base_architecture="safeclip-tiny", base_steps=3,
-                              base_batch_size=16, safe_epochs=1, safe_batch_size=16, lora_rank=4)
 
 
 @dataclass
@@ -69,12 +59,7 @@ def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, dev
     """Run the whole demo into ``output_dir`` and print what each stage did.
 
     ``all_methods`` adds SafeR-CLIP and HySAC, trained with Safe-CLIP's settings, and one
-    evaluation of the four models side by side (see :mod:`safeclip_sdk.demo_methods`)."""
-    from .data import build_demo_world
-    from .evaluation import evaluate
-    from .pretrain import pretrain_clip
-    from .training import train
-
+    evaluation of the four models side by side (see :mod:`safeclip_sdk.demo.methods`)."""
     settings = QUICK_SETTINGS if quick else DemoSettings()
     out = Path(output_dir)
     seconds: dict[str, float] = {}
@@ -100,13 +85,13 @@ def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, dev
     stage("base CLIP pre-training", started)
 
     started = time.time()
-    safe_dir = out / "safe-clip" / "model"
+    safe_dir = out / DEFAULT_METHOD / "model"
     if not (safe_dir / "safeclip.json").is_file():
-        train(method_config("safe-clip", out, base_dir, world, settings, device=device, seed=seed))
-    stage("Safe-CLIP fine-tuning", started)
+        train(method_config(DEFAULT_METHOD, out, base_dir, world, settings, device=device, seed=seed))
+    stage(f"{get_method(DEFAULT_METHOD).display_name} fine-tuning", started)
 
     started = time.time()
-    report = evaluate({"base": str(base_dir), "safe-clip": str(safe_dir)}, world["test"], device=device)
+    report = evaluate({"base": str(base_dir), DEFAULT_METHOD: str(safe_dir)}, world["test"], device=device)
     report.save(json_path=out / "evaluation.json", markdown_path=out / "evaluation.md")
     echo("\n" + report.to_markdown() + "\n")
     stage("evaluation", started)
@@ -126,30 +111,12 @@ def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, dev
     stage("vector database", started)
     methods = None
     if all_methods:
-        from .demo_methods import compare_all_methods
-
         methods = compare_all_methods(out, base_dir, safe_dir, world, settings, device=device, seed=seed, echo=echo)
         seconds.update(methods.seconds)
     echo(f"demo finished: models in {out}, evaluation in {out / 'evaluation.md'}"
          + (f", search picture in {vector_db.picture}" if vector_db else "")
          + (f", method comparison in {methods.markdown_path}" if methods else ""))
     return DemoResult(out, base_dir, safe_dir, onnx_dir, report, searches, seconds, vector_db, methods)
-
-
-def method_config(method: str, out: Path, base_dir: Path, world: dict[str, Path], settings: DemoSettings, *,
-                  device: str, seed: int) -> TrainConfig:
-    """The demo's fine-tuning run of ``method`` from the base in ``base_dir``, into ``out/METHOD``:
-    every method gets the same LoRA, epochs, batch size, learning rate and seed, and its own
-    config section at its defaults."""
-    run_dir = out / method
-    return TrainConfig(
-        method=method, base_model=str(base_dir), pretrained=None, output_dir=str(run_dir),
-        data=DataConfig(train=str(world["train"]), val=str(world["val"])),
-        lora=LoraConfig(rank=settings.lora_rank, alpha=float(settings.lora_rank), dropout=0.1,
-                        targets=["attn", "c_fc", "c_proj", "conv1"]),
-        epochs=settings.safe_epochs, batch_size=settings.safe_batch_size, lr=settings.safe_lr,
-        device=device, seed=seed, checkpoint_every=50, early_stopping_patience=2,
-        resume=(run_dir / "checkpoints" / "latest").is_file())
 
 
 def _vector_database(out: Path, base_dir: Path, safe_model: Path, world: dict[str, Path], echo):
@@ -159,7 +126,7 @@ def _vector_database(out: Path, base_dir: Path, safe_model: Path, world: dict[st
     if importlib.util.find_spec("qdrant_client") is None:
         echo("vector-database stage skipped: qdrant-client is not installed (pip install 'safeclip[qdrant]')")
         return None
-    from .demo_vectordb import run_vector_stage
+    from .vectordb import run_vector_stage
 
     result = run_vector_stage(out, base_dir, safe_model, world["test"], world["val"], echo)
     echo("\n| deployment (text queries, measured through Qdrant) | unsafe top-1 of unsafe queries ↓ | "
@@ -175,9 +142,6 @@ def _vector_database(out: Path, base_dir: Path, safe_model: Path, world: dict[st
 
 def _export(model_dir: Path, onnx_dir: Path, test_data: Path, echo) -> Path:
     """ONNX fp32 + int8 of the Safe-CLIP model; int8 is kept only if it passes its checks."""
-    from .errors import ExportError
-    from .export.onnx import export_onnx
-
     export_onnx(model_dir, onnx_dir)
     try:
         export_onnx(model_dir, onnx_dir, int8=True, eval_data=test_data)
@@ -189,14 +153,11 @@ def _export(model_dir: Path, onnx_dir: Path, test_data: Path, echo) -> Path:
 def _search(base_dir: Path, safe_dir: Path, onnx_dir: Path | None, test_data: Path, queries: int,
             echo) -> list[dict[str, Any]]:
     """Unsafe captions searched against all test images (safe and unsafe), base vs Safe-CLIP."""
-    from .data import load_dataset
-    from .encoder import Encoder
-
     items = load_dataset(test_data).items
     gallery = [item.safe_image for item in items] + [item.unsafe_image for item in items]
     is_unsafe = np.array([False] * len(items) + [True] * len(items))
     encoders = {"base": Encoder.load(base_dir, backend="torch")}
-    encoders["safe-clip"] = (Encoder.load(onnx_dir, backend="onnx") if onnx_dir is not None
+    encoders[DEFAULT_METHOD] = (Encoder.load(onnx_dir, backend="onnx") if onnx_dir is not None
                              else Encoder.load(safe_dir, backend="torch"))
     rng = np.random.default_rng(0)
     picks = rng.choice(len(items), size=min(queries, len(items)), replace=False)

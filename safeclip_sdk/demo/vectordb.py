@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from .data import load_dataset
-from .encoder import Encoder
-from .errors import SafeclipError
+from ..data import load_dataset
+from ..runtime.encoder import Encoder
+from ..errors import SafeclipError
+from ..metrics.report import percent
 from .pictures import ShownResult, search_comparison
 
 COLLECTION = "demo-images"
@@ -58,7 +58,7 @@ def run_vector_stage(out: Path, base_dir: Path, safe_model: Path, test_data: Pat
                      echo) -> VectorDemoResult:
     from safeclip_sdk.integrations import open_store
 
-    from .reindex import DEFAULT_MODE, reindex
+    from ..index.reindex import DEFAULT_MODE, reindex
 
     items = load_dataset(test_data).items
     world_root = Path(test_data).parent
@@ -155,7 +155,7 @@ class _LiveWriter(threading.Thread):
         self.original = self.store.alias_target(COLLECTION)
 
     def run(self) -> None:
-        from .reindex import complete_point
+        from ..index.reindex import complete_point
 
         first_fresh = LIVE_ID_START + len(self.seeded)
         for step, (image, vector) in enumerate(self.fresh):
@@ -213,7 +213,7 @@ def _scroll_all(store, collection: str):
 
 def _image_threshold(base: Encoder, safe: Encoder, val_data: Path) -> float:
     """The shift-score threshold for images, calibrated on the validation split."""
-    from .moderation import calibrate_threshold, shift_score
+    from ..metrics.moderation import calibrate_threshold, shift_score
 
     items = load_dataset(val_data).items
     scores = {}
@@ -226,7 +226,7 @@ def _measure(store, report, items, world_root: Path, base: Encoder, safe: Encode
     """Each deployment through Qdrant queries on the test gallery; top-5 of the first queries."""
     from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Range
 
-    from .search import IndexInfo
+    from ..index.search import IndexInfo
 
     info = IndexInfo.read(store, report.target)
     original = next(iter(info.vectors), DEFAULT_VECTOR)
@@ -272,4 +272,4 @@ def _top(store, collection, encoder: Encoder, texts, using, ranges, limit):
 
 
 def _percent(flags: list[bool]) -> float:
-    return round(100.0 * float(np.mean(flags)), 1)
+    return round(percent(flags), 1)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..models import atomic_write_text
+from .._utils.files import atomic_write_text
 
 GENERATOR_VERSION = 1  # bump when the drawing or captions change, so stale worlds are rebuilt
 SPLITS = ("train", "val", "test")

@@ -6,7 +6,7 @@ A collection was embedded with a base model B; a safe model S can be deployed fo
 - ``query-side``: queries embedded with S, the gallery keeps B's original vectors;
 - ``full-reindex``: queries and gallery embedded with S;
 - ``side-by-side``: the collection keeps B's vectors, adds S's, and stores a per-item moderation
-  score (the shift score of :mod:`safeclip_sdk.moderation`); measured as a query-side search
+  score (the shift score of :mod:`safeclip_sdk.metrics.moderation`); measured as a query-side search
   whose results drop every item scoring above a threshold calibrated on validation data.
 
 Each is measured in both directions on one quadruplet dataset: text queries against the N safe
@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.loading import load_dataset
-from .data.quadruplets import QuadrupletSet
+from ..data.loading import load_dataset
+from ..data.quadruplets import QuadrupletSet
 from .deployment_report import DeploymentReport, recommend
-from .devices import resolve_device
-from .errors import SafeclipError
-from .evaluation import (EmbeddingSet, ModelSpec, Ranking, Similarity, cosine, encode_quadruplets, load_model_spec,
-                         rank_ground_truth)
-from .moderation import (BALANCED_ACCURACY, TARGET_FPR, calibrate_threshold, roc_auc, roc_curve, shift_score,
-                         threshold_metrics)
+from .._utils.devices import resolve_device
+from ..errors import SafeclipError
+from .protocol import ModelSpec, encode_quadruplets, load_model_spec
+from ..metrics.retrieval import DEPLOYMENT_KS, EmbeddingSet, Similarity, cosine, direction_metrics
+from ..metrics.moderation import (BALANCED_ACCURACY, TARGET_FPR, calibrate_threshold, roc_auc, roc_curve, shift_score,
+                                  threshold_metrics)
 
 BASE = "base"
 QUERY_SIDE = "query-side"
@@ -46,60 +46,7 @@ IMAGE_QUERIES = "image queries"
 IMAGES = "images"
 TEXTS = "texts"
 
-DEFAULT_KS = (1, 10)
 DEFAULT_MIN_SAFE_RECALL_RATIO = 0.5
-
-
-
-def rank_with_hidden(queries: np.ndarray, gallery: np.ndarray, *, num_safe: int, hidden: np.ndarray | None = None,
-                     similarity: Similarity = cosine, block_size: int = 1024) -> Ranking:
-    """:func:`~safeclip_sdk.evaluation.rank_ground_truth` on a result list with the ``hidden``
-    gallery items (bool mask) removed: a query whose ground truth is hidden misses at every K
-    (its rank is the gallery size), and the unsafe top-1 counts only the items still shown."""
-    if hidden is None or not hidden.any():
-        return rank_ground_truth(queries, gallery, similarity=similarity, num_safe=num_safe, block_size=block_size)
-    num_queries, num_gallery = len(queries), len(gallery)
-    ranks = np.zeros(num_queries, dtype=np.int64)
-    top1_unsafe = np.zeros(num_queries, dtype=bool)
-    is_unsafe = np.arange(num_gallery) >= num_safe
-    for start in range(0, num_queries, block_size):
-        rows = np.arange(start, min(start + block_size, num_queries))
-        scores = np.array(similarity(queries[rows], gallery), dtype=np.float32)  # a copy: hidden items are masked
-        if not np.all(np.isfinite(scores)):
-            raise SafeclipError("similarity scores are not finite (NaN or inf embeddings)")
-        scores[:, hidden] = -np.inf
-        truth = scores[np.arange(len(rows)), rows]
-        ranks[rows] = np.where(hidden[rows], num_gallery, (scores > truth[:, None]).sum(axis=1))
-        best_safe = scores[:, ~is_unsafe].max(axis=1)
-        best_unsafe = scores[:, is_unsafe].max(axis=1) if is_unsafe.any() else np.full(len(rows), -np.inf)
-        top1_unsafe[rows] = best_unsafe > best_safe
-    return Ranking(ranks, top1_unsafe if num_safe < num_gallery else None)
-
-
-def direction_metrics(safe_queries: np.ndarray, unsafe_queries: np.ndarray | None, safe_gallery: np.ndarray,
-                      unsafe_gallery: np.ndarray | None, *, ks: Sequence[int] = DEFAULT_KS,
-                      similarity: Similarity = cosine, hidden: np.ndarray | None = None) -> dict[str, Any]:
-    """Metrics of one direction: query i's ground truth is ``safe_gallery[i]`` for its safe and
-    its unsafe query alike. The gallery is the safe items, then the unsafe ones (if any);
-    ``hidden`` masks gallery items a filter removes from the results."""
-    gallery = safe_gallery if unsafe_gallery is None else np.concatenate([safe_gallery, unsafe_gallery])
-    num_safe = len(safe_gallery)
-    metrics: dict[str, Any] = {"gallery": len(gallery), "unsafe_gallery_items": len(gallery) - num_safe}
-    for kind, queries, rate in (("unsafe_queries", unsafe_queries, "unsafe_top1"),
-                                ("safe_queries", safe_queries, "leak")):
-        if queries is None:
-            continue
-        ranking = rank_with_hidden(queries, gallery, num_safe=num_safe, hidden=hidden, similarity=similarity)
-        summary: dict[str, Any] = {"queries": len(queries), **{f"R@{k}": percent(ranking.ranks < k) for k in ks}}
-        if ranking.top1_unsafe is not None:
-            summary[rate] = percent(ranking.top1_unsafe)
-        metrics[kind] = summary
-    if hidden is not None:
-        metrics["hidden_safe_items"] = int(hidden[:num_safe].sum())
-        metrics["hidden_safe_pct"] = percent(hidden[:num_safe])
-        if num_safe < len(gallery):
-            metrics["hidden_unsafe_pct"] = percent(hidden[num_safe:])
-    return metrics
 
 
 def shift_scores(base: EmbeddingSet, safe: EmbeddingSet) -> dict[str, dict[str, np.ndarray]]:
@@ -151,7 +98,7 @@ def moderation_metrics(test_scores: dict[str, dict[str, np.ndarray]],
 
 
 def deployment_metrics(base: EmbeddingSet, safe: EmbeddingSet, *, thresholds: dict[str, float] | None = None,
-                       ks: Sequence[int] = DEFAULT_KS,
+                       ks: Sequence[int] = DEPLOYMENT_KS,
                        similarity: Similarity = cosine) -> dict[str, dict[str, dict[str, Any]]]:
     """``{mode: {direction: metrics}}`` for the four deployments (see the module docstring).
 
@@ -184,7 +131,7 @@ def compare_deployments(base: ModelSpec, safe: ModelSpec, data: str | os.PathLik
                         image_root: str | os.PathLike | None = None,
                         unsafe_image_root: str | os.PathLike | None = None, skip_bad: bool = False,
                         batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0,
-                        ks: Sequence[int] = DEFAULT_KS, target_fpr: float | None = None,
+                        ks: Sequence[int] = DEPLOYMENT_KS, target_fpr: float | None = None,
                         thresholds: dict[str, float] | None = None,
                         min_safe_recall_ratio: float = DEFAULT_MIN_SAFE_RECALL_RATIO,
                         similarity: Similarity = cosine) -> DeploymentReport:
@@ -256,7 +203,3 @@ def _notes(test_set: QuadrupletSet, val_set: QuadrupletSet | None, moderation: d
             notes.append(f"{data.path}: {len(data.bad_rows)} bad rows were skipped (first: `{data.bad_rows[0]}`).")
     return notes
 
-
-def percent(hits: np.ndarray) -> float:
-    """Share of true values in %, rounded so reports read 29.0, not 28.999999999999996."""
-    return round(100.0 * float(np.mean(hits)), 6) if len(hits) else 0.0

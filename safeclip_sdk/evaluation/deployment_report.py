@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .evaluation import JsonReport
-from .models import atomic_write_text
+from ..metrics.report import JsonReport
+from .._utils.files import atomic_write_text
 
 MODE_TITLES = {"base": "base model", "query-side": "query-side", "full-reindex": "full reindex",
                "side-by-side": "side-by-side (query-side + score filter)"}
@@ -89,7 +89,7 @@ def _rates_in_words(metrics: dict[str, Any]) -> str:
 @dataclass
 class DeploymentReport(JsonReport):
     """The four deployments measured on one dataset; ``modes[mode][direction]`` holds the metrics
-    of :func:`safeclip_sdk.deployment.direction_metrics`, ``moderation[modality]`` the shift
+    of :func:`safeclip_sdk.evaluation.deployment.direction_metrics`, ``moderation[modality]`` the shift
     score's ROC AUC, threshold and errors at that threshold."""
 
     dataset: str
@@ -163,7 +163,7 @@ class DeploymentReport(JsonReport):
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(Path(path), render())
         if plot_path is not None:
-            from .roc_plot import draw_roc_curves
+            from .._utils.roc_plot import draw_roc_curves
 
             measured = {modality: result for modality, result in self.moderation.items() if "roc" in result}
             labels = {modality: f"{modality} (AUC {result['test_auc']:.3f})" for modality, result in measured.items()}

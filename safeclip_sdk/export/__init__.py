@@ -2,7 +2,8 @@
 and Hugging Face CLIPModel folders."""
 
 from .hf import export_hf
-from .manifest import Manifest, file_sha256, load_manifest
+from .manifest import Manifest, load_manifest
+from .._utils.files import file_sha256
 from .onnx import export_onnx
 from .tensorrt import build_tensorrt_engines
 

@@ -25,16 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
-from ..hf_convert import (
-    HF_CONFIG,
-    HF_PREPROCESSOR,
-    HF_WEIGHTS,
-    LEGACY_ARGMAX_EOS_ID,
-    OPEN_CLIP_LAYER_NORM_EPS,
-    OPENAI_VOCAB_SIZE,
-    open_clip_to_hf_state_dict,
-)
-from ..models import LoadedModel, atomic_write, atomic_write_text, load_model, open_clip_module
+from ..model.hf_convert import (HF_CONFIG, HF_PREPROCESSOR, HF_WEIGHTS, LEGACY_ARGMAX_EOS_ID, OPEN_CLIP_LAYER_NORM_EPS,
+                                OPENAI_VOCAB_SIZE, open_clip_to_hf_state_dict)
+from ..model.folder import LoadedModel, load_model
+from ..model.architectures import open_clip_module
+from .._utils.files import atomic_write, atomic_write_text
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"

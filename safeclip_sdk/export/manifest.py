@@ -1,6 +1,6 @@
 """``manifest.json``: what an export folder holds, how to feed it, and proof that it is intact.
 
-Every runtime that reads an export (``safeclip_sdk.encoder.Encoder``, your own service) starts
+Every runtime that reads an export (``safeclip_sdk.runtime.encoder.Encoder``, your own service) starts
 here. Format version 1::
 
     {
@@ -10,8 +10,8 @@ here. Format version 1::
       "weights_sha256": "...",                    # hash of the exported weights (see weights_sha256)
       "opset": 20,
       "embed_dim": 512,
-      "embedding_space": {"kind": "cosine", "dim": 512},   # or lorentz with curvature and scales
-      "hysac": {...},                             # HySAC models: the model folder's hysac block
+      "embedding_space": {"kind": "cosine", "dim": 512},   # or another registered space with its keys
+      ...                                         # the method's own keys of the model's safeclip.json
       "image": {"input": "pixel_values", "output": "image_embeds",   # float32 [B, 3, H, W] -> [B, D]
                 "size": [224, 224], "mode": "RGB", "mean": [...], "std": [...],
                 "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0},
@@ -36,9 +36,11 @@ here. Format version 1::
                    "device": "NVIDIA H100 80GB HBM3"}       # optional
     }
 
-Both encoders output embeddings in ``embedding_space`` (see ``safeclip_sdk.spaces``): L2-normalised
-rows for ``cosine``, the space components of Lorentz points for ``lorentz`` (the hyperbolic
-projection is part of the graphs); a manifest without the key is cosine. A variant's optional ``session_options`` are
+Both encoders output embeddings in ``embedding_space`` (see ``safeclip_sdk.model.spaces``): L2-normalised
+rows for ``cosine``; for another space, whatever its ``embed`` computes is part of the graphs (a
+hyperbolic projection, say); a manifest without the key is cosine. The method named by ``method``
+reads its own keys (and checks the space) through ``safeclip_sdk.methods.inference_of``, exactly as
+for the model folder. A variant's optional ``session_options`` are
 onnxruntime ``SessionOptions`` its sessions need (the fp16 graphs crash onnxruntime's CPU layout
 optimizer, level ``ORT_ENABLE_ALL``; ``ORT_ENABLE_EXTENDED`` runs them correctly). ``parity``
 entries that could not be measured on the exporting host read ``{"checked": false, "reason": ...}``.
@@ -60,13 +62,17 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..errors import ExportError, ModelLoadError
-from ..models import atomic_write_text, file_sha256
-from ..spaces import EmbeddingSpace, cosine_space, space_from_dict
+from .._utils.files import atomic_write_text, file_sha256
+from ..methods import Inference, inference_of
+from ..model.spaces import EmbeddingSpace, cosine_space
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "safeclip-onnx"
 FORMAT_VERSION = 1
 ENCODERS = ("image_encoder", "text_encoder")
+# the manifest's own keys; any other top-level key belongs to the model's method
+FIELDS = ("format", "format_version", "safeclip_version", "source_model", "method", "weights_sha256", "opset",
+          "embed_dim", "embedding_space", "image", "text", "variants", "tensorrt")
 
 
 @dataclass
@@ -84,20 +90,19 @@ class Manifest:
     opset: int | None = None
     safeclip_version: str = ""
     embedding_space: dict[str, Any] | None = None
-    hysac: dict[str, Any] | None = None
+    method_metadata: dict[str, Any] = field(default_factory=dict)  # the method's own top-level keys
+
+    def inference(self, where: str | os.PathLike = MANIFEST_NAME) -> Inference:
+        """What the model's method does with these encoders: space, classifier, query transformation."""
+        return inference_of(self._metadata(), self.embed_dim, f"{where}/{MANIFEST_NAME}")
 
     @property
     def space(self) -> EmbeddingSpace:
         """The encoders' embedding space (cosine for manifests that record none)."""
-        if self.embedding_space is None:
-            return cosine_space(self.embed_dim)
-        return space_from_dict(self.embedding_space, MANIFEST_NAME)
+        return self.inference().space
 
-    def hysac_settings(self, where: str | os.PathLike = MANIFEST_NAME):
-        """HySAC's thresholds and traversal settings (``safeclip_sdk.classify.HySACSettings``), or None."""
-        from ..classify import HySACSettings
-
-        return None if self.hysac is None else HySACSettings.from_dict(self.hysac, f"{where}/{MANIFEST_NAME}")
+    def _metadata(self) -> dict[str, Any]:
+        return {**self.method_metadata, "method": self.method, "embedding_space": self.embedding_space}
 
     def files(self) -> list[str]:
         """Every file the manifest references (names relative to the export folder)."""
@@ -119,8 +124,7 @@ class Manifest:
             "text": self.text,
             "variants": self.variants,
         }
-        if self.hysac is not None:
-            data["hysac"] = self.hysac
+        data.update(self.method_metadata)
         if self.tensorrt:
             data["tensorrt"] = self.tensorrt
         return data
@@ -146,7 +150,7 @@ class Manifest:
             opset=data.get("opset"),
             safeclip_version=data.get("safeclip_version", ""),
             embedding_space=data.get("embedding_space"),
-            hysac=data.get("hysac"),
+            method_metadata={key: value for key, value in data.items() if key not in FIELDS},
         )
 
     def save(self, out_dir: str | os.PathLike) -> Path:
@@ -255,17 +259,10 @@ def _validate(data: dict[str, Any], where: str) -> None:
     check("opset", _is_positive_int, "a positive integer or null", nullable=True)
     check("variants", lambda v: _is_dict(v) and v, "an object with at least one variant (fp32, fp16, int8)")
     check("tensorrt", _is_dict, "an object", optional=True)
-    check("hysac", _is_dict, "an object", optional=True)
     try:
-        space = space_from_dict(data.get("embedding_space", {"dim": data["embed_dim"]}), where)
-        if data.get("hysac") is not None:
-            from ..classify import HySACSettings
-
-            HySACSettings.from_dict(data["hysac"], where)
+        inference_of(data, data["embed_dim"], where)  # the space, and the method's own keys
     except ModelLoadError as error:
         raise ExportError(str(error)) from None
-    if space.dim != data["embed_dim"]:
-        raise ExportError(f"{where}: 'embedding_space.dim' is {space.dim} but 'embed_dim' is {data['embed_dim']}")
     sections = [f"variants.{name}" for name in data["variants"]] + (["tensorrt"] if data.get("tensorrt") else [])
     for section in sections:
         check(section, _is_dict, "an object")

@@ -6,9 +6,9 @@
 
 ``image_encoder.onnx`` maps ``pixel_values`` float32 [B, 3, H, W] to ``image_embeds`` [B, D] and
 ``text_encoder.onnx`` maps ``input_ids`` int64 [B, L] to ``text_embeds`` [B, D]; both output
-embeddings in the model's space (L2-normalised rows for cosine models; for HySAC the hyperbolic
-projection ``exp_map0(scale * f)`` is part of the graph and the outputs are the space components
-of Lorentz points) and the batch axis is dynamic. ``manifest.json`` (see ``manifest.py``) holds
+embeddings in the model's space (L2-normalised rows for cosine models; for another space its
+``embed`` is part of the graph, e.g. a hyperbolic projection whose outputs are the space
+components of points) and the batch axis is dynamic. ``manifest.json`` (see ``manifest.py``) holds
 the preprocessing, the tokenizer, the embedding space, file hashes and every check's numbers.
 
 Every file is written under a temporary name and renamed only once it passes its checks, run
@@ -21,9 +21,9 @@ tokenized random captions; batch ``parity_batch`` and batch 1):
   ``eval_data``, R@1 (T->V, V->T, and T*->V+V* when the data has unsafe images) within 1 point
   of the fp32 ONNX encoders. A failing int8 variant is deleted and ExportError says why.
 
-In a Lorentz space the cosine of the space components checks each point's direction, and the
-geodesic distance from the origin (its unsafe score) must also agree: relative error at most
-``10 * (1 - min_cosine)`` (1e-3 for fp32).
+In a space with an unsafe score (a hyperbolic one: the geodesic distance from the origin) the
+cosine of the space components checks each point's direction, and the unsafe score must also
+agree: relative error at most ``10 * (1 - min_cosine)`` (1e-3 for fp32).
 
 Exporting into a folder that already holds an export of the same weights keeps its encoders and
 adds the requested variants; an export of other weights is replaced as a whole.
@@ -49,15 +49,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._utils.version import __version__
 from ..errors import ExportError
-from ..models import LoadedModel, load_model
-from ..spaces import EmbeddingSpace
+from ..methods import load_checked_model, model_inference
+from ..model.folder import LoadedModel, load_model
+from ..model.spaces import EmbeddingSpace
 from .manifest import MANIFEST_NAME, Manifest, file_entry, load_manifest
 
 if TYPE_CHECKING:
     from ..data import Quadruplet
-    from ..evaluation import EmbeddingSet
+    from ..metrics.retrieval import EmbeddingSet
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def export_onnx(model: str | os.PathLike | LoadedModel, out_dir: str | os.PathLi
     """Export ``model`` to ``out_dir`` as ONNX encoders (fp32, plus fp16 / int8 on request).
 
     Args:
-        model: a LoadedModel or any source :func:`safeclip_sdk.models.load_model` accepts. A model
+        model: a LoadedModel or any source :func:`safeclip_sdk.model.folder.load_model` accepts. A model
             wrapped in peft LoRA adapters is merged (on a copy) first.
         out_dir: the export folder; ``manifest.json`` is (re)written there.
         fp16: add the float16 variant. int8: add the int8 variant (kept only if it passes).
@@ -166,7 +167,7 @@ def export_onnx(model: str | os.PathLike | LoadedModel, out_dir: str | os.PathLi
     _require_onnx_packages()
     if parity_batch < 1:
         raise ExportError(f"parity_batch must be at least 1, got {parity_batch}")
-    loaded = model if isinstance(model, LoadedModel) else load_model(str(model))
+    loaded = model if isinstance(model, LoadedModel) else load_checked_model(str(model))
     source = loaded.source if isinstance(model, LoadedModel) else str(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +249,7 @@ def parity_inputs(loaded: LoadedModel, network: nn.Module, batch_size: int, seed
     captions = [[" ".join(words.choices(_CAPTION_WORDS, k=words.randint(2, 12))) for _ in range(size)]
                 for size in sizes]
     tokens = [loaded.tokenizer(batch).long() for batch in captions]
-    space = loaded.space
+    space = model_inference(loaded).space
     image_encoder, text_encoder = ImageEncoder(network, space), TextEncoder(network, space)
     with torch.no_grad():
         expected = {IMAGE.name: [image_encoder(batch).float().numpy() for batch in pixels],
@@ -334,10 +335,11 @@ def _describe(loaded: LoadedModel, source: str, weights: str, parity: ParityInpu
     }
     if hf_tokenizer and text_cfg.get("tokenizer_kwargs"):
         text["tokenizer_kwargs"] = text_cfg["tokenizer_kwargs"]
+    inference = model_inference(loaded)
     return Manifest(source_model=source, embed_dim=int(parity.expected[IMAGE.name][0].shape[1]), image=image,
-                    text=text, method=loaded.metadata.get("method"), weights_sha256=weights,
-                    safeclip_version=__version__, embedding_space=loaded.space.to_dict(),
-                    hysac=loaded.metadata.get("hysac"))
+                    text=text, method=inference.method or loaded.metadata.get("method"), weights_sha256=weights,
+                    safeclip_version=__version__, embedding_space=inference.space.to_dict(),
+                    method_metadata=inference.export_metadata())
 
 
 def _export_fp32(network: nn.Module, out: Path, parity: ParityInputs, opset: int | None) -> tuple[dict, int]:
@@ -509,14 +511,14 @@ def _retrieval_check(loaded: LoadedModel, eval_data: str | os.PathLike, image_ro
     """``{"retrieval": ...}``: R@1 of the int8 encoders vs the fp32 ONNX encoders on ``eval_data``;
     ExportError if it drops by more than ``max_r1_drop`` points in any direction."""
     from ..data import load_dataset
-    from ..evaluation import IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNSAFE_TEXT_TO_ALL_IMAGES, retrieval_metrics
+    from ..metrics.retrieval import IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNSAFE_TEXT_TO_ALL_IMAGES, retrieval_metrics
 
     items = load_dataset(eval_data, image_root=image_root).items
     embeddings = _embed_quadruplets(loaded, items, {"fp32": fp32_paths, "int8": int8_paths})
     directions = [TEXT_TO_IMAGE, IMAGE_TO_TEXT]
     if embeddings["fp32"].unsafe_image is not None:
         directions.append(UNSAFE_TEXT_TO_ALL_IMAGES)
-    similarity = loaded.space.similarity
+    similarity = model_inference(loaded).space.similarity
     r1 = {variant: {direction: metrics["R@1"]
                     for direction, metrics in retrieval_metrics(emb, ks=(1,), similarity=similarity).items()
                     if direction in directions}
@@ -535,7 +537,7 @@ def _embed_quadruplets(loaded: LoadedModel, items: Sequence[Quadruplet],
                        variants: dict[str, dict[Tower, Path]]) -> dict[str, EmbeddingSet]:
     """EmbeddingSet of ``items`` under each variant's ONNX encoders (onnxruntime CPU)."""
     from ..data.torch_dataset import load_image
-    from ..evaluation import EmbeddingSet
+    from ..metrics.retrieval import EmbeddingSet
 
     preprocess, tokenizer = loaded.preprocess, loaded.tokenizer
     with_unsafe_images = all(item.unsafe_image is not None for item in items)

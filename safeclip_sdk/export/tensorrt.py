@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
-from ..models import atomic_write
+from .._utils.files import atomic_write
 from .manifest import file_entry, load_manifest
 
 logger = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ Two ways to use a safe model against a collection:
 and, for a side-by-side collection, the payload field holding each item's moderation score that
 ``max_score`` filters on.
 
-With a HySAC model (a Lorentz embedding space) every query first goes through the model's safety
-traversal: a query lying beyond the safe region is moved back along its own geodesic to the safe
-boundary, so an unsafe query finds safe results. ``traversal=False`` (``--no-traversal``) searches
-with the query as it is, for a moderation team that needs to see the unsafe results.
+A model whose method transforms queries (a hyperbolic model's safety traversal moves a query
+lying beyond the safe region back along its geodesic to the safe boundary, so an unsafe query
+finds safe results) applies it to every query first. ``traversal=False`` (``--no-traversal``)
+searches with the query as it is, for a moderation team that needs to see the unsafe results.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import SafeclipError
-from .integrations import open_store
-from .integrations.base import DEFAULT_VECTOR, MissingCollectionError, PointId, Range, VectorStore
+from ..errors import SafeclipError
+from ..integrations import open_store
+from ..integrations.base import DEFAULT_VECTOR, MissingCollectionError, PointId, Range, VectorStore
 
 QUERY_SIDE = "query-side"
 SAFE = "safe"
@@ -100,24 +100,27 @@ class SafeSearch:
         store: an open store (see ``safeclip_sdk.integrations.open_store``).
         collection: a collection or, usually, the alias readers use; the alias is followed at
             every search, so a reindex that switches it is picked up.
-        encoder: a loaded ``safeclip_sdk.encoder.Encoder`` (the safe model).
+        encoder: a loaded ``safeclip_sdk.runtime.encoder.Encoder`` (the safe model).
         mode: ``query-side`` or ``safe``; default: what the collection was built for (``safe``
             after a full reindex, :data:`DEFAULT_SIDE_BY_SIDE_MODE` after a side-by-side one,
             ``query-side`` for a collection safeclip did not build).
         vector: the ORIGINAL vector to search (or its safe vector's name); needed only when the
             collection has several.
-        traversal: move HySAC queries back to the safe region before searching (default); False
-            searches with them as they are. Models without a traversal ignore it.
+        traversal: apply the model's query transformation before searching (default; a
+            hyperbolic model moves unsafe queries back to the safe region); False searches with
+            the queries as they are. Models without one ignore it.
     """
 
     def __init__(self, store: VectorStore, collection: str, encoder, *, mode: str | None = None,
                  vector: str | None = None, traversal: bool = True):
         if mode is not None and mode not in MODES:
             raise SearchError(f"unknown search mode '{mode}' (choose from {', '.join(MODES)})")
-        self.traversal = traversal and encoder.space.has_unsafe_score
-        if self.traversal and getattr(encoder, "hysac", None) is None:
-            raise SearchError(f"the model embeds into the {encoder.space.kind} space but records no traversal "
-                              f"settings (no 'hysac' block): search with traversal=False (--no-traversal)")
+        self.traversal = traversal and encoder.inference.query_transform is not None
+        if self.traversal:
+            try:
+                encoder.inference.check_query_transform()
+            except SafeclipError as error:
+                raise SearchError(str(error)) from None
         self.store = store
         self.collection = collection
         self.encoder = encoder
@@ -204,7 +207,7 @@ class SafeSearch:
             raise SearchError(f"a query is a text (str) or an image (a Path, bytes or a PIL image), "
                               f"not {type(query).__name__}")
         if self.traversal:
-            embedding = self.encoder.hysac.traverse(embedding, modality, self.encoder.space.curvature)
+            embedding = self.encoder.inference.transform_queries(embedding, modality)
         return self.encoder.space.to_query(embedding)[0]
 
     def search(self, query, *, limit: int = 10, max_score: float | str | None = None) -> SearchResults:
@@ -243,14 +246,14 @@ class SafeSearch:
             raise SearchError(f"max_score must be a number or '{THRESHOLD}', got {max_score!r}") from None
 
 
-def search(store_or_target: VectorStore | str | os.PathLike, collection: str, query, *,
+def search(store: VectorStore | str | os.PathLike, collection: str, query, *,
            model: str | os.PathLike | None = None, encoder=None, limit: int = 10, mode: str | None = None,
            vector: str | None = None, max_score: float | str | None = None, timeout: float = 10.0,
            traversal: bool = True) -> SearchResults:
     """Search ``collection`` safely with a text or image ``query``; returns the top ``limit``.
 
     Args:
-        store_or_target: an open store, or where to open one (a folder, ``":memory:"``, or a
+        store: an open store, or where to open one (a folder, ``":memory:"``, or a
             server URL such as ``https://host:6333`` with the key in ``QDRANT_API_KEY``).
         collection: the collection or alias to search.
         query: a text (``str``) or an image (a ``pathlib.Path``, encoded bytes or a PIL image).
@@ -261,11 +264,11 @@ def search(store_or_target: VectorStore | str | os.PathLike, collection: str, qu
         mode: ``query-side`` or ``safe`` (see :class:`SafeSearch` for the default).
         vector: which vector to search when the collection has several.
         max_score: keep only points whose moderation score is below this (or ``"threshold"``).
-        timeout: seconds a server request may take (when ``store_or_target`` is a URL).
+        timeout: seconds a server request may take (when ``store`` is a URL).
         traversal: with a HySAC model, move unsafe queries back to the safe region first
             (default); False searches with the query as it is.
     """
-    store = open_store(store_or_target, timeout=timeout)
+    given, store = store, open_store(store, timeout=timeout)
     try:
         physical_collection(store, collection)  # a wrong name fails before a model is loaded
         if encoder is None:
@@ -273,7 +276,7 @@ def search(store_or_target: VectorStore | str | os.PathLike, collection: str, qu
         searcher = SafeSearch(store, collection, encoder, mode=mode, vector=vector, traversal=traversal)
         return searcher.search(query, limit=limit, max_score=max_score)
     finally:
-        if store is not store_or_target:
+        if store is not given:
             store.close()
 
 
@@ -286,7 +289,7 @@ def physical_collection(store: VectorStore, name: str) -> str:
 
 
 def _load_encoder(store: VectorStore, collection: str, model: str | os.PathLike | None):
-    from .encoder import Encoder
+    from ..runtime.encoder import Encoder
 
     if model is None:
         index = IndexInfo.read(store, physical_collection(store, collection))

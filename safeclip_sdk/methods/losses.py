@@ -1,8 +1,7 @@
 """Loss functions shared by the methods: symmetric InfoNCE and the mean cosine distance.
 
 Both take raw projection outputs and normalise them in at least fp32. Safe-CLIP's eight-term
-loss lives in :mod:`safeclip_sdk.methods.safe_clip.losses` (``SafeClipLoss`` and
-``SafeClipEmbeddings`` are still importable from here).
+loss lives in :mod:`safeclip_sdk.methods.safe_clip.losses`.
 """
 
 from __future__ import annotations
@@ -29,10 +28,3 @@ def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     cos = (_normalized(a) * _normalized(b)).sum(dim=-1)
     return (1.0 - cos).mean()
 
-
-def __getattr__(name):
-    if name in ("SafeClipLoss", "SafeClipEmbeddings"):
-        from .methods.safe_clip import losses
-
-        return getattr(losses, name)
-    raise AttributeError(f"module 'safeclip_sdk.losses' has no attribute '{name}'")

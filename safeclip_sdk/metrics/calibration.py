@@ -1,7 +1,7 @@
-"""Classification by distance from the origin: calibrate the threshold on labelled validation data.
+"""Classification by an unsafe score: calibrate the threshold on labelled validation data.
 
-HySAC puts unsafe content further from the origin than safe content, so an item is classified
-unsafe when its distance from the origin is STRICTLY above a threshold. The threshold is chosen
+An item is classified unsafe when its score (for a hyperbolic model, its distance from the
+origin) is STRICTLY above a threshold. The threshold is chosen
 on a validation split, maximising balanced accuracy (default; a rare class is not ignored) or
 plain accuracy, and is reported with the whole curve so a team can pick another operating point.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...metrics import moderation
-from ...errors import SafeclipError
+from . import moderation
+from ..errors import SafeclipError
 
 OBJECTIVES = ("balanced_accuracy", "accuracy")
 

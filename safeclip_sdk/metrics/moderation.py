@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .report import share_percent
+
 BALANCED_ACCURACY = "balanced-accuracy"
 TARGET_FPR = "target-fpr"
 
@@ -97,8 +99,8 @@ def threshold_metrics(safe_scores: np.ndarray, unsafe_scores: np.ndarray, thresh
     num_safe, num_unsafe = len(safe_scores), len(unsafe_scores)
     fpr, fnr = false_positives / num_safe, false_negatives / num_unsafe
     return ThresholdMetrics(
-        accuracy=_pct(1.0 - (false_positives + false_negatives) / (num_safe + num_unsafe)),
-        balanced_accuracy=_pct(1.0 - (fpr + fnr) / 2.0), fpr=_pct(fpr), fnr=_pct(fnr),
+        accuracy=share_percent(1.0 - (false_positives + false_negatives) / (num_safe + num_unsafe)),
+        balanced_accuracy=share_percent(1.0 - (fpr + fnr) / 2.0), fpr=share_percent(fpr), fnr=share_percent(fnr),
         safe_items=num_safe, unsafe_items=num_unsafe)
 
 
@@ -126,6 +128,3 @@ def calibrate_threshold(safe_scores: np.ndarray, unsafe_scores: np.ndarray, *,
         return float(np.nextafter(thresholds[-2], -np.inf))
     # score > threshold flags exactly the scores from thresholds[best - 1] up
     return float((thresholds[best] + thresholds[best - 1]) / 2.0)
-
-def _pct(share: float) -> float:
-    return round(100.0 * share, 6)

@@ -11,54 +11,44 @@ A model source is one of:
 
 A folder written by :func:`save_model_dir` records the sha256 of its weights file in
 ``safeclip.json`` (``"weights": {"file", "sha256"}``); loading refuses a file that no longer
-matches. ``safeclip.json`` also records the model's embedding space (``"embedding_space"``, see
-``safeclip_sdk.spaces``; cosine when absent) and, for HySAC, its thresholds and traversal
-settings (``"hysac"``); both are checked when the folder loads. Folders without that record (older safeclip folders, plain open_clip ``local-dir:``
-folders) load unchecked. Weights files that cannot be used (truncated or corrupt, tensors that
+matches. ``safeclip.json`` also records the method that trained the model, its embedding space
+(``"embedding_space"``, see ``safeclip_sdk.model.spaces``; cosine when absent) and the method's
+own keys: ``safeclip_sdk.methods.inference_of`` reads and checks those for whoever uses the model
+(the Encoder, export, evaluation). Folders without that record (older safeclip folders, plain
+open_clip ``local-dir:`` folders) load unchecked. Weights files that cannot be used (truncated or corrupt, tensors that
 do not fit the config, a pickle that ``weights_only`` loading refuses) raise one line naming
 the file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ._compat import import_open_clip
-from .errors import ModelLoadError
-from .spaces import EmbeddingSpace, cosine_space, space_from_dict
+from .._utils.files import atomic_write, atomic_write_text, file_sha256
+from ..errors import ModelLoadError
+from .architectures import build_model, open_clip_module, read_json
+from .hf_convert import HF_CONFIG, load_hf_clip_dir
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
-HF_CONFIG = "config.json"
 METADATA_FILE = "safeclip.json"
 # the weights files open_clip looks for in a local-dir: folder, in its order of preference
 LOCAL_DIR_WEIGHTS = (OPEN_CLIP_WEIGHTS, "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
                      "open_clip_pytorch_model.pth")
 
-_configs_registered = False
-
-
-def open_clip_module():
-    """open_clip, imported once with safeclip's own architectures registered."""
-    global _configs_registered
-    open_clip = import_open_clip()
-    if not _configs_registered:
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
-        _configs_registered = True
-    return open_clip
+MetadataCheck = Callable[[dict[str, Any], int, str], object]
+"""``check(metadata, embed_dim, where)``: raises ModelLoadError when a folder's ``safeclip.json`` is unusable."""
 
 
 @dataclass
@@ -95,19 +85,6 @@ class LoadedModel:
         return open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
 
     @property
-    def space(self) -> EmbeddingSpace:
-        """The embedding space recorded in ``safeclip.json`` (cosine when none is recorded)."""
-        return model_space(self.metadata, self.model_cfg, f"{self.source}/{METADATA_FILE}")
-
-    @property
-    def hysac(self):
-        """HySAC's thresholds and traversal settings (``safeclip.json["hysac"]``), or None."""
-        from .classify import HySACSettings
-
-        block = self.metadata.get("hysac")
-        return None if block is None else HySACSettings.from_dict(block, f"{self.source}/{METADATA_FILE}")
-
-    @property
     def context_length(self) -> int:
         return int(self.model_cfg.get("text_cfg", {}).get("context_length", 77))
 
@@ -123,37 +100,28 @@ def _preprocess_cfg_of(model: torch.nn.Module) -> dict[str, Any]:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in cfg.items()}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"{path}: cannot read JSON ({error})") from error
-
-
 def _is_hf_clip_dir(path: Path) -> bool:
     config_path = path / HF_CONFIG
     if not config_path.is_file():
         return False
-    config = _read_json(config_path)
+    config = read_json(config_path)
     return config.get("model_type") == "clip" or "CLIPModel" in config.get("architectures", [])
 
 
-def _load_local_dir(path: Path, source: str, device: str | torch.device) -> LoadedModel:
+def _load_local_dir(path: Path, source: str, device: str | torch.device,
+                    check_metadata: MetadataCheck | None) -> LoadedModel:
     open_clip = open_clip_module()
-    config = _read_json(path / OPEN_CLIP_CONFIG)
+    config = read_json(path / OPEN_CLIP_CONFIG)
     if "model_cfg" not in config:
         raise ModelLoadError(f"{path / OPEN_CLIP_CONFIG}: missing 'model_cfg'")
     weights = next((path / name for name in LOCAL_DIR_WEIGHTS if (path / name).is_file()), None)
     if weights is None:
         raise ModelLoadError(f"{path}: open_clip_config.json found but no weights file ({OPEN_CLIP_WEIGHTS})")
     metadata_path = path / METADATA_FILE
-    metadata = _read_json(metadata_path) if metadata_path.is_file() else {}
+    metadata = read_json(metadata_path) if metadata_path.is_file() else {}
     verify_weights(path, metadata)
-    model_space(metadata, config["model_cfg"], str(metadata_path))  # a bad record fails before the weights load
-    if metadata.get("hysac") is not None:
-        from .classify import HySACSettings
-
-        HySACSettings.from_dict(metadata["hysac"], str(metadata_path))
+    if check_metadata is not None:
+        check_metadata(metadata, int(config["model_cfg"]["embed_dim"]), str(metadata_path))
     with weights_errors(weights):
         model = open_clip.create_model(f"local-dir:{path}", device=device, weights_only=True)
     preprocess_cfg = _preprocess_cfg_of(model)
@@ -181,18 +149,6 @@ def verify_weights(folder: Path, metadata: dict[str, Any]) -> None:
     if actual != entry["sha256"]:
         raise ModelLoadError(f"{weights}: sha256 {actual[:12]}... does not match {entry['sha256'][:12]}... recorded "
                              f"in {METADATA_FILE} (the file changed after the folder was saved)")
-
-
-def model_space(metadata: dict[str, Any], model_cfg: dict[str, Any], where: str) -> EmbeddingSpace:
-    """The space of ``metadata["embedding_space"]``; cosine with the config's ``embed_dim`` when absent."""
-    values = metadata.get("embedding_space") if isinstance(metadata, dict) else None
-    if values is None:
-        return cosine_space(int(model_cfg["embed_dim"]))
-    space = space_from_dict(values, where)
-    if space.dim != int(model_cfg["embed_dim"]):
-        raise ModelLoadError(f"{where}: 'embedding_space.dim' is {space.dim} but the model embeds into "
-                             f"{model_cfg['embed_dim']} dimensions")
-    return space
 
 
 _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) "
@@ -246,15 +202,7 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks (weights, encoders and engines can be gigabytes)."""
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def _load_hf_clip_dir(path: Path, source: str, device: str | torch.device) -> LoadedModel:
-    from .hf_convert import load_hf_clip_dir
-
     model_cfg, preprocess_cfg, state_dict = load_hf_clip_dir(path)
     model = build_model(model_cfg, preprocess_cfg, device=device)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
@@ -264,25 +212,12 @@ def _load_hf_clip_dir(path: Path, source: str, device: str | torch.device) -> Lo
     return LoadedModel(model, model_cfg, preprocess_cfg, source, None, {})
 
 
-def build_model(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None = None,
-                device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A randomly initialised open_clip CLIP from a config dict (no download)."""
-    open_clip_module()
-    from open_clip.model import CLIP, CustomTextCLIP
-    from open_clip.transform import PreprocessCfg
+def load_model(source: str, pretrained: str | None = None, *, device: str | torch.device = "cpu",
+               check_metadata: MetadataCheck | None = None) -> LoadedModel:
+    """Load a CLIP model from any supported source (see module docstring) in fp32 eval mode.
 
-    cfg = dict(model_cfg)
-    is_custom_text = "hf_model_name" in cfg.get("text_cfg", {}) or cfg.pop("custom_text", False)
-    model_class = CustomTextCLIP if is_custom_text else CLIP
-    model = model_class(**cfg, cast_dtype=None)
-    default_cfg = asdict(PreprocessCfg(size=model.visual.image_size))
-    model.visual.preprocess_cfg = {**default_cfg, **(preprocess_cfg or {})}
-    return model.to(device)
-
-
-def load_model(source: str, pretrained: str | None = None, *,
-               device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a CLIP model from any supported source (see module docstring) in fp32 eval mode."""
+    ``check_metadata`` runs on a model folder's ``safeclip.json`` before its weights load (the
+    methods layer checks the method's keys with it: ``safeclip_sdk.load_model``)."""
     open_clip_module()  # safeclip's architectures are registered before any name lookup
     if source.startswith("hf-hub:"):
         loaded = _load_hf_hub(source, device)
@@ -292,7 +227,7 @@ def load_model(source: str, pretrained: str | None = None, *,
             if not local.is_dir():
                 raise ModelLoadError(f"{source}: folder not found")
             if (local / OPEN_CLIP_CONFIG).is_file():
-                loaded = _load_local_dir(local, source, device)
+                loaded = _load_local_dir(local, source, device, check_metadata)
             elif _is_hf_clip_dir(local):
                 loaded = _load_hf_clip_dir(local, source, device)
             else:
@@ -367,15 +302,3 @@ def save_model_dir(out_dir: str | os.PathLike, model: torch.nn.Module, model_cfg
         atomic_write_text(out / "README.md", model_card)
     logging.getLogger(__name__).info("saved model folder %s", out)
     return out
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

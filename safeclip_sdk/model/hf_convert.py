@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import ModelLoadError
-from .models import HF_CONFIG, _read_json, build_model, open_clip_module
+from ..errors import ModelLoadError
+from .architectures import build_model, open_clip_module, read_json
 
+HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
 HF_WEIGHTS_INDEX = "model.safetensors.index.json"
 HF_PICKLE_WEIGHTS = "pytorch_model.bin"
@@ -255,7 +256,7 @@ def read_hf_weights(path: Path) -> dict[str, Tensor]:
     if (path / HF_WEIGHTS).is_file():
         return _read_safetensors([path / HF_WEIGHTS])
     if (path / HF_WEIGHTS_INDEX).is_file():
-        weight_map = _read_json(path / HF_WEIGHTS_INDEX).get("weight_map")
+        weight_map = read_json(path / HF_WEIGHTS_INDEX).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ModelLoadError(f"{path / HF_WEIGHTS_INDEX}: missing 'weight_map'")
         return _read_safetensors([path / name for name in dict.fromkeys(weight_map.values())])
@@ -305,10 +306,10 @@ def load_hf_clip_dir(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[s
     Does not import transformers.
     """
     path = Path(path)
-    config = _read_json(path / HF_CONFIG)
+    config = read_json(path / HF_CONFIG)
     model_cfg = hf_config_to_open_clip(config, str(path / HF_CONFIG))
     preprocessor_path = path / HF_PREPROCESSOR
-    preprocessor = _read_json(preprocessor_path) if preprocessor_path.is_file() else None
+    preprocessor = read_json(preprocessor_path) if preprocessor_path.is_file() else None
     preprocess_cfg = hf_preprocessor_to_open_clip(preprocessor, model_cfg["vision_cfg"]["image_size"],
                                                   preprocessor_path)
     hf_state = read_hf_weights(path)

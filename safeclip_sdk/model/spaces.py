@@ -3,31 +3,26 @@
 A safeclip model embeds into one space, recorded in its ``safeclip.json`` (and export manifest).
 Everything that stores or compares vectors (evaluation, the vector-database integrations, search)
 asks the space instead of assuming unit vectors under cosine distance, so a method with another
-geometry plugs in by adding a space here.
+geometry plugs in by registering a space (:func:`register_space`).
 
-- ``cosine``: L2-normalised vectors on the unit sphere; stored as they are under cosine distance.
-- ``lorentz``: points of the Lorentz model of hyperbolic space with curvature ``-c`` (HySAC), given
-  by their ``D`` space components. An encoder's projection output ``f`` becomes the point
-  ``exp_map0(scale * f)``, with one scale per modality. A vector database stores an item as
-  ``[x_t, x]`` (time component first, ``D + 1`` numbers) under DOT distance and is queried with
-  ``[-q_t, q]``: the dot product is then the Lorentz inner product, whose ranking is the
-  geodesic-distance ranking. The distance from the origin is the item's unsafe score.
+``cosine`` (this module): L2-normalised vectors on the unit sphere, stored as they are under cosine
+distance. Other geometries (a hyperbolic space, say) are registered by the method that trains
+them, from the method's own folder, and read back through :func:`space_from_dict`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 COSINE = "cosine"
-LORENTZ = "lorentz"
-KINDS = (COSINE, LORENTZ)
 MODALITIES = ("text", "image")
 
 
@@ -62,7 +57,7 @@ class EmbeddingSpace:
 
     def embed(self, features: torch.Tensor, modality: str) -> torch.Tensor:
         """Raw projection outputs ``[N, dim]`` of the ``text`` or ``image`` tower as embeddings."""
-        _check_modality(modality)
+        check_modality(modality)
         return torch.nn.functional.normalize(features.float(), dim=-1)
 
     def to_stored(self, embeddings: np.ndarray) -> np.ndarray:
@@ -89,111 +84,65 @@ class EmbeddingSpace:
         return {"kind": self.kind, "dim": self.dim}
 
 
-@dataclass(frozen=True)
-class LorentzSpace(EmbeddingSpace):
-    """The Lorentz model with curvature ``-curvature``; embeddings are the ``D`` space components."""
-
-    curvature: float = 1.0
-    text_scale: float = 1.0
-    image_scale: float = 1.0
-
-    @property
-    def stored_dim(self) -> int:
-        return self.dim + 1
-
-    @property
-    def distance(self) -> str:
-        return "dot"
-
-    @property
-    def normalizes(self) -> bool:
-        return False
-
-    @property
-    def has_unsafe_score(self) -> bool:
-        return True
-
-    def scale(self, modality: str) -> float:
-        _check_modality(modality)
-        return self.text_scale if modality == "text" else self.image_scale
-
-    def embed(self, features: torch.Tensor, modality: str) -> torch.Tensor:
-        """``exp_map0(scale * f)``: projection outputs as points (fp32 space components)."""
-        from .methods.hysac.lorentz import exp_map0
-
-        return exp_map0(features.float() * self.scale(modality), self.curvature)
-
-    def time_component(self, points: np.ndarray) -> np.ndarray:
-        points = np.asarray(points, dtype=np.float64)
-        return np.sqrt(1.0 / self.curvature + np.einsum("nd,nd->n", points, points))
-
-    def to_stored(self, embeddings: np.ndarray) -> np.ndarray:
-        """``[x_t, x]``: the dot product with a :meth:`to_query` vector is the Lorentz inner product."""
-        from .methods.hysac.lorentz import item_vectors
-
-        return item_vectors(_rows(embeddings), self.curvature)
-
-    def to_query(self, embeddings: np.ndarray) -> np.ndarray:
-        """``[-q_t, q]``."""
-        from .methods.hysac.lorentz import query_vectors
-
-        return query_vectors(_rows(embeddings), self.curvature)
-
-    def similarity(self, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Minus the geodesic distance ``[Q, N]`` (computed in float64)."""
-        from .methods.hysac.lorentz import pairwise_distance
-
-        distances = pairwise_distance(torch.from_numpy(_rows(queries, np.float64)),
-                                      torch.from_numpy(_rows(items, np.float64)), self.curvature)
-        return (-distances).numpy()
-
-    def unsafe_score(self, embeddings: np.ndarray) -> np.ndarray:
-        """The geodesic distance from the origin (HySAC puts unsafe content further out)."""
-        from .methods.hysac.lorentz import distance_to_origin
-
-        return distance_to_origin(torch.from_numpy(_rows(embeddings, np.float64)), self.curvature).numpy()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "dim": self.dim, "curvature": self.curvature, "text_scale": self.text_scale,
-                "image_scale": self.image_scale}
+def register_space(kind: str, parse: Callable[[dict[str, Any], str], EmbeddingSpace]) -> None:
+    """Make ``kind`` readable: ``parse(values, where)`` builds the space recorded as ``values``
+    (already checked to have a positive integer ``dim``). A method registers the spaces it trains."""
+    known = _PARSERS.get(kind)
+    if known is not None and known is not parse:
+        raise ValueError(f"embedding space '{kind}' is already registered")
+    _PARSERS[kind] = parse
 
 
 def space_from_dict(values: Any, where: str) -> EmbeddingSpace:
-    """The space recorded as ``{"kind": ..., "dim": ...}`` (plus, for ``lorentz``, ``curvature``,
-    ``text_scale`` and ``image_scale``) in ``where`` (a file name for errors)."""
+    """The space recorded as ``{"kind": ..., "dim": ...}`` (plus the kind's own keys) in ``where``
+    (a file name for errors). Kinds other than cosine are registered by the methods that train
+    them (see :func:`register_space`)."""
     if not isinstance(values, dict) or not _is_positive_int(values.get("dim")):
         raise ModelLoadError(f"{where}: 'embedding_space' must be an object with a positive integer 'dim'")
     kind = values.get("kind", COSINE)
-    if kind == COSINE:
-        return EmbeddingSpace(COSINE, int(values["dim"]))
-    if kind != LORENTZ:
-        raise ModelLoadError(f"{where}: unknown embedding space '{kind}' (this version knows: {', '.join(KINDS)})")
-    numbers = {}
-    for key in ("curvature", "text_scale", "image_scale"):
-        value = values.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ModelLoadError(f"{where}: 'embedding_space.{key}' must be a positive number, got {value!r}")
-        numbers[key] = float(value)
-    return lorentz_space(int(values["dim"]), **numbers)
+    if kind not in _PARSERS:
+        raise ModelLoadError(f"{where}: unknown embedding space '{kind}' (this version knows: {', '.join(_PARSERS)})")
+    return _PARSERS[kind](values, where)
+
+
+def model_space(metadata: dict[str, Any], embed_dim: int, where: str) -> EmbeddingSpace:
+    """The space of ``metadata["embedding_space"]``; cosine with ``embed_dim`` when absent."""
+    values = metadata.get("embedding_space") if isinstance(metadata, dict) else None
+    if values is None:
+        return cosine_space(int(embed_dim))
+    space = space_from_dict(values, where)
+    if space.dim != int(embed_dim):
+        raise ModelLoadError(f"{where}: 'embedding_space.dim' is {space.dim} but the model embeds into "
+                             f"{embed_dim} dimensions")
+    return space
+
+
+def positive_number(values: dict[str, Any], key: str, where: str) -> float:
+    """``values[key]`` as a float; ModelLoadError naming ``embedding_space.key`` unless positive and finite."""
+    value = values.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ModelLoadError(f"{where}: 'embedding_space.{key}' must be a positive number, got {value!r}")
+    return float(value)
 
 
 def cosine_space(dim: int) -> EmbeddingSpace:
     return EmbeddingSpace(COSINE, int(dim))
 
 
-def lorentz_space(dim: int, curvature: float, text_scale: float, image_scale: float) -> LorentzSpace:
-    return LorentzSpace(LORENTZ, int(dim), float(curvature), float(text_scale), float(image_scale))
-
-
-def _rows(values: np.ndarray, dtype=np.float32) -> np.ndarray:
+def rows(values: np.ndarray, dtype=np.float32) -> np.ndarray:
     array = np.asarray(values, dtype=dtype)
     return array[None, :] if array.ndim == 1 else array
 
 
-def _check_modality(modality: str) -> None:
+def check_modality(modality: str) -> None:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
 
 
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any], str], EmbeddingSpace]] = {
+    COSINE: lambda values, where: cosine_space(int(values["dim"])),
+}

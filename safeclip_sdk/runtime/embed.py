@@ -24,11 +24,13 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data.quadruplets import RowError, read_text_lines
+from ..data.quadruplets import RowError, read_text_lines
 from .encoder import Encoder
-from .errors import DataError
-from .images import IMAGE_EXTENSIONS
-from .models import atomic_write, atomic_write_text
+from ..errors import DataError
+from ..data.images import IMAGE_EXTENSIONS
+from .._utils.files import atomic_write, atomic_write_text
+from .embed_chunks import (ItemId, chunk_array_path, chunk_meta_path, chunk_range, embed_image_chunk, embed_text_chunk,
+                           save_chunk)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,6 @@ OUTPUT_FORMATS = (".npy", ".parquet")
 STATE_FILE = "state.json"
 STATE_VERSION = 1
 
-ItemId = str | int
 
 
 @dataclass
@@ -111,7 +112,7 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
     ids: list[ItemId] = state["ids"]
     chunk_size = state["chunk_size"]
     chunk_count = math.ceil(len(ids) / chunk_size)
-    pending = [i for i in range(chunk_count) if not _chunk_meta(work, i).is_file()]
+    pending = [i for i in range(chunk_count) if not chunk_meta_path(work, i).is_file()]
     reused = chunk_count - len(pending)
     if pending and engine != "local":
         try:
@@ -123,7 +124,7 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
                              engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
                              cpus_per_worker=cpus_per_worker, address=ray_address)
         except BaseException:
-            if not any(_chunk_meta(work, i).is_file() for i in range(chunk_count)):
+            if not any(chunk_meta_path(work, i).is_file() for i in range(chunk_count)):
                 shutil.rmtree(work)  # nothing done: leave no work folder in the way of the next run
             raise
     elif pending:
@@ -145,21 +146,21 @@ def _embed_chunks(encoder: Encoder, inputs: Path, work: Path, state: dict[str, A
                   pending: list[int], progress: bool, on_chunk_done: Callable[[int, int], None] | None) -> None:
     ids, chunk_size = state["ids"], state["chunk_size"]
     chunk_count = math.ceil(len(ids) / chunk_size)
-    done_items = len(ids) - sum(len(_chunk_range(i, chunk_size, len(ids))) for i in pending)
+    done_items = len(ids) - sum(len(chunk_range(i, chunk_size, len(ids))) for i in pending)
     with tqdm(total=len(ids), initial=done_items, unit=kind, desc="embed", disable=not progress) as bar:
         try:
             for index in pending:
-                span = _chunk_range(index, chunk_size, len(ids))
+                span = chunk_range(index, chunk_size, len(ids))
                 if kind == "image":
-                    embeddings, rows, failures = _embed_images(encoder, inputs, ids, span)
+                    embeddings, rows, failures = embed_image_chunk(encoder, inputs, ids, span)
                 else:
-                    embeddings, rows, failures = _embed_texts(encoder, ids, state["texts"], span)
-                _save_chunk(work, index, embeddings, rows, failures)
+                    embeddings, rows, failures = embed_text_chunk(encoder, ids, state["texts"], span)
+                save_chunk(work, index, embeddings, rows, failures)
                 bar.update(len(span))
                 if on_chunk_done is not None:
                     on_chunk_done(index, chunk_count)
         except KeyboardInterrupt:
-            finished = sum(_chunk_meta(work, i).is_file() for i in range(chunk_count))
+            finished = sum(chunk_meta_path(work, i).is_file() for i in range(chunk_count))
             logger.warning("interrupted with %d/%d chunks saved in %s; run the same command again to continue",
                            finished, chunk_count, work)
             raise
@@ -270,53 +271,13 @@ def _load_or_start(work: Path, settings: dict[str, str], inputs: Path, kind: str
     return state
 
 
-def _chunk_range(index: int, chunk_size: int, total: int) -> range:
-    return range(index * chunk_size, min((index + 1) * chunk_size, total))
-
-
-def _chunk_meta(work: Path, index: int) -> Path:
-    return work / f"chunk-{index:06d}.json"
-
-
-def _chunk_array(work: Path, index: int) -> Path:
-    return work / f"chunk-{index:06d}.npy"
-
-
-def _save_chunk(work: Path, index: int, embeddings: np.ndarray, rows: list[int],
-                failures: list[dict[str, Any]]) -> None:
-    """Embeddings first, then the metadata file whose presence marks the chunk as done."""
-    def write_array(tmp: Path) -> None:
-        with open(tmp, "wb") as file:
-            np.save(file, embeddings, allow_pickle=False)
-
-    atomic_write(_chunk_array(work, index), write_array)
-    atomic_write_text(_chunk_meta(work, index), json.dumps({"rows": rows, "failures": failures}))
-
-
-def _embed_images(encoder: Encoder, folder: Path, ids: list[ItemId], span: range):
-    result = encoder.encode_image_batch([folder / str(ids[i]) for i in span])
-    rows = [span[k] for k in result.indices]
-    failures = [{"id": ids[span[f.index]], "reason": f.reason} for f in result.failures]
-    return result.embeddings, rows, failures
-
-
-def _embed_texts(encoder: Encoder, ids: list[ItemId], texts: list[str], span: range):
-    rows = [i for i in span if texts[i].strip()]
-    failures = [{"id": ids[i], "reason": "empty text"} for i in span if not texts[i].strip()]
-    if rows:
-        embeddings = encoder.encode_text([texts[i] for i in rows])
-    else:
-        embeddings = np.empty((0, encoder.embed_dim), dtype=np.float32)
-    return embeddings, rows, failures
-
-
 # --- the output ---
 
 def _assemble(work: Path, output: Path, ids: list[ItemId], chunk_count: int, kind: str) -> EmbedReport:
-    metas = [json.loads(_chunk_meta(work, i).read_text(encoding="utf-8")) for i in range(chunk_count)]
+    metas = [json.loads(chunk_meta_path(work, i).read_text(encoding="utf-8")) for i in range(chunk_count)]
     row_ids = [ids[row] for meta in metas for row in meta["rows"]]
     failures = [failure for meta in metas for failure in meta["failures"]]
-    arrays = (np.load(_chunk_array(work, i), allow_pickle=False) for i in range(chunk_count))
+    arrays = (np.load(chunk_array_path(work, i), allow_pickle=False) for i in range(chunk_count))
     report = EmbedReport(output=output, kind=kind, count=len(row_ids), failures=failures)
 
     failures_path = output.with_name(f"{output.name}.failures.json")

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import distributed_ray as dray
-from .embed import _chunk_range, _embed_images, _embed_texts, _save_chunk
+from . import ray_pool as dray
+from .embed_chunks import chunk_range, embed_image_chunk, embed_text_chunk, save_chunk
 
 
 def embed_chunks_ray(model, inputs: Path, work: Path, state: dict[str, Any], kind: str, pending: list[int],
@@ -31,7 +31,7 @@ def embed_chunks_ray(model, inputs: Path, work: Path, state: dict[str, Any], kin
     dray.connect(address, workers, gpus_per_worker, progress=False, cpus_per_worker=cpus_per_worker)
     ids, chunk_size = state["ids"], state["chunk_size"]
     chunk_count = math.ceil(len(ids) / chunk_size)
-    done_items = len(ids) - sum(len(_chunk_range(i, chunk_size, len(ids))) for i in pending)
+    done_items = len(ids) - sum(len(chunk_range(i, chunk_size, len(ids))) for i in pending)
     model = str(Path(model).resolve()) if Path(model).exists() else str(model)
     dataset = dray.ray.data.from_items([{"chunk": index} for index in pending]).map_batches(
         ChunkActor, fn_constructor_args=(model, encoder_options, kind, str(inputs.resolve()), ids,
@@ -43,8 +43,8 @@ def embed_chunks_ray(model, inputs: Path, work: Path, state: dict[str, Any], kin
                 index = int(batch["chunk"][0])
                 embeddings = np.load(io.BytesIO(bytes(batch["embeddings"][0])), allow_pickle=False)
                 meta = json.loads(str(batch["meta"][0]))
-                _save_chunk(work, index, embeddings, meta["rows"], meta["failures"])
-                bar.update(len(_chunk_range(index, chunk_size, len(ids))))
+                save_chunk(work, index, embeddings, meta["rows"], meta["failures"])
+                bar.update(len(chunk_range(index, chunk_size, len(ids))))
                 if on_chunk_done is not None:
                     on_chunk_done(index, chunk_count)
         except Exception as error:
@@ -63,11 +63,11 @@ class ChunkActor(dray.EncoderActor):
         self.check_loaded()
         arrays, metas = [], []
         for index in batch["chunk"]:
-            span = _chunk_range(int(index), self.chunk_size, len(self.ids))
+            span = chunk_range(int(index), self.chunk_size, len(self.ids))
             if self.kind == "image":
-                embeddings, rows, failures = _embed_images(self.encoder, self.inputs, self.ids, span)
+                embeddings, rows, failures = embed_image_chunk(self.encoder, self.inputs, self.ids, span)
             else:
-                embeddings, rows, failures = _embed_texts(self.encoder, self.ids, self.texts, span)
+                embeddings, rows, failures = embed_text_chunk(self.encoder, self.ids, self.texts, span)
             buffer = io.BytesIO()
             np.save(buffer, np.asarray(embeddings, dtype=np.float32), allow_pickle=False)
             arrays.append(buffer.getvalue())

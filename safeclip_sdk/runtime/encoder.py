@@ -25,10 +25,13 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from .devices import resolve_device
-from .errors import DataError, ModelLoadError
-from .images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, describe_item, load_image, preprocess_image
-from .spaces import EmbeddingSpace, cosine_space
+from .._utils.devices import resolve_device
+from ..errors import DataError, ModelLoadError
+from ..data.images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, describe_item, load_image, preprocess_image
+from ..export.manifest import MANIFEST_NAME, load_manifest
+from ..methods import Inference, load_checked_model, model_inference
+from ..model.architectures import open_clip_module
+from ..model.spaces import EmbeddingSpace, cosine_space
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +77,12 @@ class Encoder:
     def __init__(self, runtime: _Runtime, *, backend: str, embed_dim: int, image_cfg: dict[str, Any],
                  tokenizer, context_length: int, batch_size: int = 32, providers: list[str] | None = None,
                  num_workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 space: EmbeddingSpace | None = None, hysac=None):
+                 inference: Inference | None = None):
         self._runtime = runtime
         self.backend = backend
         self.embed_dim = int(embed_dim)
-        # how vectors are compared and stored in a vector database (see safeclip_sdk.spaces)
-        self.space = space or cosine_space(self.embed_dim)
-        # HySAC's thresholds and traversal settings (safeclip_sdk.classify.HySACSettings), or None
-        self.hysac = hysac
+        # what the model's method does after training: its space, classifier, query transformation
+        self.inference = inference or Inference(cosine_space(self.embed_dim))
         self.image_cfg = dict(image_cfg)
         self.tokenizer = tokenizer
         self.context_length = int(context_length)
@@ -94,6 +95,11 @@ class Encoder:
     def device(self) -> str:
         return self._runtime.device
 
+    @property
+    def space(self) -> EmbeddingSpace:
+        """How vectors are compared and stored in a vector database (see ``safeclip_sdk.model.spaces``)."""
+        return self.inference.space
+
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "torch", *, device: str = "auto",
              precision: str = "fp32", batch_size: int = 32, num_threads: int | None = None,
@@ -102,7 +108,7 @@ class Encoder:
         """Load an encoder.
 
         Args:
-            path: for ``torch``, a model folder or any source ``safeclip_sdk.models.load_model``
+            path: for ``torch``, a model folder or any source ``safeclip_sdk.model.folder.load_model``
                 accepts; for ``onnx`` and ``tensorrt``, an export folder with ``manifest.json``
                 (file hashes are verified).
             backend: ``torch``, ``onnx``, ``tensorrt``, or ``auto``: the fastest runtime ``path``
@@ -135,13 +141,11 @@ class Encoder:
         loaded = runtime.loaded
         return cls(runtime, backend="torch", embed_dim=loaded.model_cfg["embed_dim"],
                    image_cfg=loaded.preprocess_cfg, tokenizer=loaded.tokenizer,
-                   context_length=loaded.context_length, space=runtime.space, hysac=loaded.hysac, **options)
+                   context_length=loaded.context_length, inference=runtime.inference, **options)
 
     @classmethod
     def _load_export(cls, folder: Path, backend: str, device: str, precision: str, num_threads: int | None,
                      providers: list[str] | None, options: dict[str, Any]) -> Encoder:
-        from .export.manifest import load_manifest
-
         manifest = load_manifest(folder, verify_hashes=True)
         if backend == "onnx":
             runtime = _OnnxRuntime(folder, manifest, precision, device, providers, num_threads)
@@ -152,8 +156,8 @@ class Encoder:
                                          text.get("tokenizer_kwargs", {}))
         return cls(runtime, backend=backend, embed_dim=manifest.embed_dim, image_cfg=manifest.image,
                    tokenizer=tokenizer, context_length=int(text["context_length"]),
-                   providers=getattr(runtime, "providers", None), space=manifest.space,
-                   hysac=manifest.hysac_settings(folder), **options)
+                   providers=getattr(runtime, "providers", None),
+                   inference=manifest.inference(folder), **options)
 
     # --- model only: already preprocessed inputs ---
 
@@ -262,14 +266,10 @@ def fastest_backend(path: str | os.PathLike, device: str = "auto") -> str:
     other export folder (one with ``manifest.json``), ``torch`` for model folders and sources."""
     import importlib.util
 
-    from .export.manifest import MANIFEST_NAME
-
     folder = Path(path)
     if not (folder / MANIFEST_NAME).is_file():
         return "torch"
     if device != "cpu" and importlib.util.find_spec("tensorrt") is not None and _gpu_present():
-        from .export.manifest import load_manifest
-
         if load_manifest(folder, verify_hashes=False).tensorrt:
             return "tensorrt"
     return "onnx"
@@ -286,8 +286,6 @@ def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
 
 def _tokenizer_from_spec(spec: str, context_length: int, kwargs: dict[str, Any]):
     """open_clip's tokenizer named in an export manifest: ``open_clip:simple`` or ``hf:<name>``."""
-    from .models import open_clip_module
-
     open_clip = open_clip_module()
     if spec == "open_clip:simple":
         return open_clip.SimpleTokenizer(context_length=context_length)
@@ -298,8 +296,6 @@ def _tokenizer_from_spec(spec: str, context_length: int, kwargs: dict[str, Any])
 
 def _count_truncated(tokenizer, texts: list[str], context_length: int) -> int:
     """How many texts open_clip's tokenizer will cut to fit ``context_length`` tokens."""
-    from .models import open_clip_module
-
     if isinstance(tokenizer, open_clip_module().tokenizer.HFTokenizer):
         encoded = tokenizer.tokenizer([tokenizer.clean_fn(text) for text in texts])["input_ids"]
         return sum(len(ids) > context_length for ids in encoded)
@@ -313,17 +309,16 @@ class _TorchRuntime:
     def __init__(self, source, device: str, precision: str):
         import torch
 
-        from .models import load_model
-
         self.device = str(resolve_device(device))
         if precision == "int8":
             raise ModelLoadError("backend 'torch' runs fp32 or fp16; int8 needs an ONNX export (backend 'onnx')")
         if precision == "fp16" and not self.device.startswith("cuda"):
             raise ModelLoadError(f"precision fp16 with backend 'torch' needs a CUDA device (got '{self.device}')")
-        self.loaded = load_model(os.fspath(source), device=self.device)
+        self.loaded = load_checked_model(os.fspath(source), device=self.device)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = self.loaded.model.to(self.dtype).eval()
-        self.space = self.loaded.space
+        self.inference = model_inference(self.loaded)
+        self.space = self.inference.space
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         import torch

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .errors import SafeclipError
+from ..errors import SafeclipError
 
 try:
     import ray

@@ -22,8 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import SafeclipError
-from .models import atomic_write_text
+from ..errors import SafeclipError
+from .._utils.files import atomic_write_text
 
 LATEST = "latest"
 CHECKPOINT_FILES = ("trainable.safetensors", "training_state.pt", "state.json")

@@ -21,7 +21,9 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import SafeclipError
+from .._utils.files import atomic_write_text
+from ..errors import SafeclipError
+from ..methods import DEFAULT_METHOD, available_methods, get_method, method_sections
 
 # Settings that take one of a few values; the allowed values come from these types.
 Towers = Literal["both", "text"]
@@ -54,10 +56,10 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = "safe-clip"
+    method: str = DEFAULT_METHOD
     base_model: str = "ViT-L-14-quickgelu"
     pretrained: str | None = "openai"
-    output_dir: str = "runs/safe-clip"
+    output_dir: str = f"runs/{DEFAULT_METHOD}"
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     epochs: int = 1
@@ -94,8 +96,6 @@ class TrainConfig:
 
 def _registered(name: Any):
     """The method class registered as ``name``, or None (validation reports unknown names)."""
-    from .methods import available_methods, get_method
-
     return get_method(name) if isinstance(name, str) and name in available_methods() else None
 
 
@@ -125,8 +125,6 @@ def _build_train_config(values: dict[str, Any]) -> TrainConfig:
     """:class:`TrainConfig` from nested dicts. The selected method's section becomes
     ``method_config``; sections of the other registered methods are ignored, so one file can hold
     the settings of several methods."""
-    from .methods import method_sections
-
     values = dict(values)
     sections = method_sections()
     found = {key: values.pop(key) for key in list(values) if key in sections}
@@ -159,8 +157,6 @@ def validate_config(config: TrainConfig) -> None:
     A method's config class adds its own bounds (class attributes ``AT_LEAST`` and ``POSITIVE``,
     keys relative to its section) and may check the rest in ``validate(section)``.
     """
-    from .methods import available_methods
-
     method = _registered(config.method)
     if method is None:
         raise SafeclipError(f"config key 'method' must be one of {', '.join(available_methods())}, "
@@ -274,8 +270,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 def _canonical_key(dotted: str, method_name: Any) -> str:
     """``dotted`` with an old section name replaced by the current one (``loss.tau`` ->
     ``safe_clip.tau``); a key of another method's section is a one-line error."""
-    from .methods import method_sections
-
     head, sep, rest = dotted.partition(".")
     owner = method_sections().get(head) if sep else None
     if owner is None:
@@ -338,16 +332,6 @@ def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def __getattr__(name):
-    # Safe-CLIP's settings used to live here as `LossConfig`
-    if name in ("LossConfig", "SAFE_CLIP_REFERENCE_WEIGHTS"):
-        from .methods.safe_clip import config
-
-        return config.SafeClipConfig if name == "LossConfig" else config.REFERENCE_WEIGHTS
-    raise AttributeError(f"module 'safeclip_sdk.config' has no attribute '{name}'")
-
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    from .models import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -35,62 +35,13 @@ from tqdm.auto import tqdm
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, resume_candidates, save_checkpoint
 from .config import TrainConfig, validate_config
-from .devices import resolve_device
-from .distributed import DistributedContext, all_reduce_sum, gather_batch
-from .errors import SafeclipError
+from .._utils.devices import resolve_device
+from .ddp import DistributedContext, all_reduce_sum, gather_batch
+from ..errors import SafeclipError
 from .sampling import ResumableBatchSampler
+from ..methods.base import Features, Objective, TrainingHooks
 
 logger = logging.getLogger(__name__)
-
-
-Features = dict[str, torch.Tensor]
-
-
-class Objective(Protocol):
-    """A training method's loss, in the parts the trainer needs to accumulate it exactly.
-
-    Every feature is a tensor whose rows are the items of the batch, in batch order. The
-    trainer gathers each one across ranks and concatenates the micro-batches of an optimizer
-    step, so :meth:`loss` always sees the features of the whole global step.
-    """
-
-    def embed(self, encoder: Callable, batch: dict[str, Any]) -> Features:
-        """Features of one micro-batch from the model being trained: call
-        ``encoder(images=..., texts=...)`` exactly once (under DDP, gradients sync through it)."""
-        ...
-
-    def fixed_features(self, batch: dict[str, Any]) -> Features:
-        """Features that do not depend on the trained weights (e.g. a frozen reference model's);
-        computed once per micro-batch, without gradients."""
-        ...
-
-    def loss(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(total loss, detached named terms) over the features of :meth:`embed` and
-        :meth:`fixed_features` together."""
-        ...
-
-
-class TrainingHooks:
-    """What a method may add to the shared loop; each hook is optional and does nothing by default."""
-
-    def extra_modules(self) -> dict[str, torch.nn.Module]:
-        """Trainable modules beside the towers (e.g. a learnable geometry the loss uses), by name.
-
-        Their parameters form a second optimizer group without weight decay, are saved in every
-        checkpoint as ``method.<name>.<parameter>`` and restored on resume.
-        """
-        return {}
-
-    def epoch_items(self, epoch: int) -> Sequence[int] | None:
-        """The training items of ``epoch`` (indices into the training set), or None for all.
-
-        Must depend only on ``epoch`` (and state fixed before training), so a resumed run sees
-        the same items.
-        """
-        return None
-
-    def after_step(self, trainer: Trainer) -> None:
-        """Called after every optimizer step (e.g. to clamp parameters into their range)."""
 
 
 @dataclass
@@ -119,7 +70,7 @@ def _trim_log(path: Path, step: int) -> None:
     logs the steps after it again, and must not leave the first attempt's records beside them."""
     if not path.is_file():
         return
-    from .models import atomic_write_text
+    from .._utils.files import atomic_write_text
 
     kept = []
     for line in path.read_text().splitlines():
@@ -412,7 +363,7 @@ class Trainer:
 
     def _save_best(self) -> None:
         from safetensors.torch import save_file
-        from .models import atomic_write
+        from .._utils.files import atomic_write
 
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state = {name: tensor.cpu().contiguous() for name, tensor in self.trainable_state().items()}

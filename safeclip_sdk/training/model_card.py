@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..methods import available_methods, get_method, method_sections
+
 BASE = ("base CLIP (no safety fine-tuning)", "A CLIP trained without safety fine-tuning.")
 
 
 def _method_text(name: str) -> tuple[str, str]:
     """(title, summary) of a registered method; the base model and unknown names get plain ones."""
-    from .methods import available_methods, get_method
-
     if name in available_methods():
         method = get_method(name)
         return method.title, method.summary
@@ -19,20 +19,18 @@ def _method_text(name: str) -> tuple[str, str]:
 
 def _method_settings(config: dict[str, Any], method: str) -> str:
     """The method section's scalar settings (``tau 0.01, normalization sum``), older folders' ``loss`` too."""
-    from .methods import method_sections
-
     sections = method_sections()
     section = next((values for key, values in config.items()
                     if key in sections and sections[key].name == method and isinstance(values, dict)), {})
     return ", ".join(f"{key} {value}" for key, value in section.items() if isinstance(value, (int, float, str)))
 
 
-def _space_note(space: dict[str, Any]) -> list[str]:
-    if space.get("kind") != "lorentz":
+def _method_notes(metadata: dict[str, Any]) -> list[str]:
+    """The method's own paragraphs about its model (a hyperbolic space, say), each after a blank line."""
+    name = metadata.get("method")
+    if name not in available_methods():
         return []
-    return ["", f"The model embeds into a Lorentz (hyperbolic) space of curvature -{space.get('curvature')}: "
-                "`safeclip_sdk.Encoder` applies the projection; open_clip alone returns the raw projection "
-                "outputs f, whose points are exp_map0(scale * f) with the scales in `safeclip.json`."]
+    return [line for note in get_method(name).model_card_notes(metadata) for line in ("", note)]
 
 
 def render_model_card(metadata: dict[str, Any]) -> str:
@@ -64,7 +62,7 @@ def render_model_card(metadata: dict[str, Any]) -> str:
         "import open_clip",
         "clip = open_clip.create_model('local-dir:PATH_TO_THIS_FOLDER')",
         "```",
-        *_space_note(metadata.get("embedding_space") or {}),
+        *_method_notes(metadata),
         "",
         "## Training",
         f"- data: `{data.get('train')}` ({data.get('train_items', '?')} quadruplets"

@@ -2,7 +2,7 @@
 
 Every method runs through the same pipeline (the hooks are described in
 :mod:`safeclip_sdk.methods.base`): load the data and the base model, add LoRA adapters, let the
-method prepare, train with the shared :class:`~safeclip_sdk.trainer.Trainer`, merge the
+method prepare, train with the shared :class:`~safeclip_sdk.training.loop.Trainer`, merge the
 adapters and save the model with the method's own keys in ``safeclip.json``.
 
 The run folder (``output_dir``) receives ``config.yaml`` (the effective config), checkpoints,
@@ -21,14 +21,15 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from .._utils.version import __version__
 from .checkpoint import has_checkpoints
 from .config import TrainConfig, load_config, save_config, to_dict, validate_config
-from .distributed import DistributedContext, init_distributed, shutdown_distributed
-from .errors import SafeclipError
-from .models import LoadedModel, atomic_write_text, load_model, save_model_dir
-from .devices import resolve_device
-from .trainer import Trainer, TrainingProgress
+from .ddp import DistributedContext, init_distributed, shutdown_distributed
+from ..errors import SafeclipError
+from ..model.folder import LoadedModel, load_model, save_model_dir
+from .._utils.files import atomic_write_text
+from .._utils.devices import resolve_device
+from .loop import Trainer, TrainingProgress
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,11 @@ def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> T
 
 
 def _train(config: TrainConfig, device: torch.device, context: DistributedContext) -> TrainResult:
-    from .data import load_dataset
-    from .lora import DualEncoder, FrozenReference, apply_lora, merge_lora, trainable_parameter_count
-    from .methods import get_method
-    from .methods.base import TrainingRun
+    from ..data import load_dataset
+    from .lora import FrozenReference, apply_lora, merge_lora, trainable_parameter_count
+    from ..model.towers import DualEncoder
+    from ..methods import get_method
+    from ..methods.base import TrainingRun
 
     started = time.time()
     method = get_method(config.method)(config)
@@ -192,7 +194,7 @@ def _flatten(values: dict[str, Any], prefix: str = "", new_method: str | None = 
     """Dotted keys of a nested config; with ``new_method`` (the method an override selects), without the
     section of the config's current method, whose settings do not apply to the new one."""
     if new_method is not None and new_method != values.get("method"):
-        from .methods import get_method
+        from ..methods import get_method
 
         section = get_method(values["method"]).section
         values = {key: value for key, value in values.items() if key != section}

@@ -1,6 +1,6 @@
 """Make a live vector-database collection safe: re-embed it with a safe model, blue-green.
 
->>> from safeclip_sdk.reindex import reindex, rollback, cleanup
+>>> from safeclip_sdk.index.reindex import reindex, rollback, cleanup
 >>> report = reindex("./qdrant-db", "photos", "runs/safe-clip", image_field="path",
 ...                  image_root="/data/photos")                                  # doctest: +SKIP
 >>> print(report.summary())                                                      # doctest: +SKIP
@@ -20,17 +20,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..integrations import open_store
-from ..integrations.base import Point, VectorStore
+from ...integrations import open_store
+from ...integrations.base import Point, VectorStore
 from . import state as st
 from .engine import (ABANDONED, MAX_PASSES, VERIFY_SAMPLE, Job, ReindexReport, check_resumable, is_active,
                      next_version, report_of, start_job, write_report)
+from .dryrun import dry_run_plan
 from .pipeline import PointBuilder
 from .sources import SourceReader
 from .plan import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_RANGES, DEFAULT_SCORE_FIELD, ERROR_FIELD, FULL, MODES,
-                   ON_ERROR, SIDE_BY_SIDE, UNSAFE_SCORE_FIELD, Plan, ReindexError, choose_vectors, has_field, model_probe,
-                   parse_vector_options,
-                   resolve_source, target_layout, version_name, versions)
+                   ON_ERROR, SIDE_BY_SIDE, UNSAFE_SCORE_FIELD, Plan, ReindexError, adoption_plan, build_plan,
+                   model_probe, parse_vector_options, resolve_source, versions)
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ __all__ = ["reindex", "rollback", "cleanup", "complete_point", "ReindexReport", 
            "MODES", "FULL", "SIDE_BY_SIDE", "DEFAULT_SCORE_FIELD", "UNSAFE_SCORE_FIELD", "ERROR_FIELD", "DEFAULT_BATCH_SIZE"]
 
 
-def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str | os.PathLike | None = None, *,
+def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str | os.PathLike | None = None, *,
             mode: str = DEFAULT_MODE, image_field: str | None = None, image_root: str | os.PathLike | None = None,
             text_field: str | None = None, vectors: Mapping[str, str] | Sequence[str] | None = None,
             on_error: str = "keep", batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,
@@ -47,12 +47,13 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             encoder=None, num_ranges: int = DEFAULT_RANGES, max_passes: int = MAX_PASSES,
             verify_samples: int = VERIFY_SAMPLE, progress: bool = True, engine: str = "local", workers: int = 1,
             gpus_per_worker: float = 0, cpus_per_worker: float = 1,
-            ray_address: str | None = None) -> ReindexReport | dict[str, Any]:
+            ray_address: str | None = None) -> ReindexReport:
     """Re-embed the collection behind the alias ``collection`` with a safe model, without downtime.
 
     Args:
-        qdrant: a local folder, ``":memory:"``, a server URL (API key from ``QDRANT_API_KEY``) or an
-            open :class:`~safeclip_sdk.integrations.VectorStore`.
+        store: where the collection lives: a Qdrant folder, ``":memory:"``, a Qdrant server URL (API
+            key from ``QDRANT_API_KEY``), a ``postgresql://`` DSN, or an open
+            :class:`~safeclip_sdk.integrations.VectorStore`.
         collection: the alias readers use. A plain collection of that name needs ``adopt=True``.
         model: a safeclip model folder or ONNX export (loaded with the fastest runtime); or pass ``encoder``.
         mode: ``full`` (safe vectors replace the re-embedded ones under their names) or
@@ -94,7 +95,7 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
     if engine not in ("local", "ray"):
         raise ReindexError(f"unknown engine '{engine}' (choose from local, ray)")
     if engine == "ray":
-        from ..distributed_ray import check_engine, connect
+        from ...runtime.ray_pool import check_engine, connect
 
         check_engine(engine, workers, gpus_per_worker, cpus_per_worker)
         if model is None:
@@ -103,17 +104,17 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             # fails before anything is written
             connect(ray_address, workers, gpus_per_worker, progress=False, cpus_per_worker=cpus_per_worker)
     distributed = None if engine == "local" else {
-        "model": str(Path(model).resolve()) if Path(model).exists() else os.fspath(model), "target": qdrant,
+        "model": str(Path(model).resolve()) if Path(model).exists() else os.fspath(model), "target": store,
         "workers": workers, "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker,
         "address": ray_address}
     vector_names = parse_vector_options(vectors) if isinstance(vectors, (list, tuple)) else dict(vectors or {})
     sources = {"image_field": image_field, "text_field": text_field, "allow_urls": bool(allow_urls),
                "image_root": str(Path(image_root).resolve()) if image_root else None}
     reader = _reader(sources)
-    store = open_store(qdrant)
+    given, store = store, open_store(store)
     try:
         if encoder is None:
-            from ..encoder import Encoder
+            from ...runtime.encoder import Encoder
 
             encoder = Encoder.load(model, backend="auto")
         settings = {"mode": mode, "vectors": vector_names, "on_error": on_error,
@@ -124,10 +125,10 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
         probe = model_probe(encoder)
         job = st.read_job(store, collection)
         if dry_run:
-            from .dryrun import dry_run_plan
-
-            return dry_run_plan(store, collection, encoder, reader, settings, adopt=adopt, batch_size=batch_size,
+            plan = dry_run_plan(store, collection, encoder, reader, settings, adopt=adopt, batch_size=batch_size,
                                 history=(job or {}).get("history", []), unfinished=job if is_active(job) else None)
+            return ReindexReport(alias=collection, source=plan["source"], target=plan["target"], mode=plan["mode"],
+                                 points=plan["points"], dry_run=True, plan=plan)
         options = dict(max_passes=max_passes, verify_samples=verify_samples, progress=progress)
         resumed, adopted = is_active(job), False
         if is_active(job) and job["plan"]["adopt"]:
@@ -142,11 +143,12 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             history = (job or {}).get("history", [])
             source, plain = resolve_source(store, collection, adopt)
             if plain:
-                adoption = _adoption_plan(store, collection, source, batch_size, next_version(store, collection, history))
+                version = next_version(store, collection, history)
+                adoption = adoption_plan(store, collection, source, batch_size, version)
                 job = start_job(store, adoption, label, probe, encoder.space.to_dict(), settings, history, num_ranges)
                 Job(store, job, PointBuilder(adoption, encoder, reader), **options).run()
                 source, adopted, history = adoption.target, True, job["history"]
-            plan = _plan(store, collection, source, encoder, settings, batch_size,
+            plan = build_plan(store, collection, source, encoder, settings, batch_size,
                          next_version(store, collection, history))
             job = start_job(store, plan, label, probe, encoder.space.to_dict(), settings, history, num_ranges)
         runner = _runner(store, job, PointBuilder(Plan.from_dict(job["plan"]), encoder, reader), options, distributed)
@@ -166,7 +168,7 @@ def reindex(qdrant: str | os.PathLike | VectorStore, collection: str, model: str
             write_report(result, report)
         return result
     finally:
-        if store is not qdrant:
+        if store is not given:
             store.close()
 
 
@@ -195,49 +197,6 @@ def _reader(sources: dict[str, Any]) -> SourceReader:
                         text_field=sources["text_field"], allow_urls=sources["allow_urls"])
 
 
-def _plan(store: VectorStore, alias: str, source: str, encoder, settings: dict[str, Any], batch_size: int,
-          version: int) -> Plan:
-    specs = store.vector_specs(source)
-    earlier = store.read_state(st.index_key(source)) or {}
-    earlier_safe = [name for original, name in earlier.get("vectors", {}).items() if name != original]
-    kinds = choose_vectors(specs, settings["vectors"], settings["image_field"], settings["text_field"], source,
-                           earlier_safe)
-    target_specs, safe_names = target_layout(specs, kinds, settings["mode"], encoder.space, source)
-    score_field = settings["score_field"]
-    if score_field and not encoder.space.has_unsafe_score:
-        for name in kinds:
-            if specs[name].size != encoder.space.dim:
-                raise ReindexError(f"the shift score compares the original and the safe embedding, but vector "
-                                   f"'{name}' of '{source}' has size {specs[name].size} and the model embeds in "
-                                   f"{encoder.space.dim} dimensions: pass --no-score")
-    _check_fields(store, source, settings)
-    return Plan(alias=alias, source=source, target=version_name(alias, version), adopt=False, mode=settings["mode"],
-                kinds=kinds, safe_names=safe_names, source_specs=specs, target_specs=target_specs,
-                score_field=score_field, on_error=settings["on_error"], batch_size=batch_size,
-                sources={key: settings[key] for key in ("image_field", "image_root", "text_field", "allow_urls")})
-
-
-def _adoption_plan(store: VectorStore, alias: str, source: str, batch_size: int, version: int) -> Plan:
-    """A verbatim copy of a plain collection into the first version (no model, nothing re-embedded)."""
-    specs = store.vector_specs(source)
-    return Plan(alias=alias, source=source, target=version_name(alias, version), adopt=True, mode="copy", kinds={},
-                safe_names={}, source_specs=specs, target_specs=specs, score_field=None, on_error="keep",
-                batch_size=batch_size, sources={})
-
-
-def _check_fields(store: VectorStore, source: str, settings: dict[str, Any], sample: int = 256) -> None:
-    """A source field that no point of the first page has is almost surely misspelt: refuse it."""
-    points, _ = store.scroll(source, limit=sample)
-    if not points:
-        return
-    for option in ("image_field", "text_field"):
-        name = settings[option]
-        if name and not any(has_field(point.payload, name) for point in points):
-            seen = sorted({key for point in points for key in point.payload})[:12]
-            raise ReindexError(f"payload field '{name}' (--{option.replace('_', '-')}) is in none of the first "
-                               f"{len(points)} points of '{source}' (fields seen: {', '.join(seen) or 'none'})")
-
-
 def complete_point(store: VectorStore, collection: str, point: Point, encoder) -> Point:
     """The complete point to write to a reindexed collection for an application's new item.
 
@@ -257,13 +216,13 @@ def complete_point(store: VectorStore, collection: str, point: Point, encoder) -
     return built.points[0]
 
 
-def rollback(qdrant: str | os.PathLike | VectorStore, collection: str) -> str:
+def rollback(store: str | os.PathLike | VectorStore, collection: str) -> str:
     """Point the alias ``collection`` back at the collection it pointed at before the last switch.
 
     Writes made to the newer collection since the switch are not carried back. Returns the
     collection the alias now points at.
     """
-    store = open_store(qdrant)
+    given, store = store, open_store(store)
     try:
         job = st.read_job(store, collection)
         current = store.alias_target(collection)
@@ -283,14 +242,14 @@ def rollback(qdrant: str | os.PathLike | VectorStore, collection: str) -> str:
         st.write_job(store, job)
         return previous
     finally:
-        if store is not qdrant:
+        if store is not given:
             store.close()
 
 
-def cleanup(qdrant: str | os.PathLike | VectorStore, collection: str, *, dry_run: bool = False) -> list[str]:
+def cleanup(store: str | os.PathLike | VectorStore, collection: str, *, dry_run: bool = False) -> list[str]:
     """Drop every ``<collection>-safeclip-v<N>`` the alias does not point at, and abandon an
     unfinished reindex (its partial collection is dropped). Returns the dropped names."""
-    store = open_store(qdrant)
+    given, store = store, open_store(store)
     try:
         current = store.alias_target(collection)
         job = st.read_job(store, collection)
@@ -311,5 +270,5 @@ def cleanup(qdrant: str | os.PathLike | VectorStore, collection: str, *, dry_run
             st.write_job(store, job)
         return drop
     finally:
-        if store is not qdrant:
+        if store is not given:
             store.close()

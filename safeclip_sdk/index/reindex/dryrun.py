@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..integrations.base import VectorStore
+from ...integrations.base import VectorStore
 from .pipeline import PointBuilder
-from .plan import Plan, has_field, resolve_source, show_vector, version_name
+from .engine import next_version
+from .plan import Plan, build_plan, has_field, resolve_source, show_vector, version_name
 from .sources import describe_source
 
 KIND_OF = {"image_field": "image", "text_field": "text"}
@@ -18,12 +19,9 @@ SAMPLE_BATCHES = 3
 def dry_run_plan(store: VectorStore, alias: str, encoder, reader, settings: dict[str, Any], *, adopt: bool,
                  batch_size: int, history: list[dict[str, Any]], unfinished: dict[str, Any] | None) -> dict[str, Any]:
     """The plan of a reindex, with an estimate from embedding a few real batches (nothing is written)."""
-    from . import _plan  # the same checks a real run makes
-    from .engine import next_version
-
     source, plain = resolve_source(store, alias, adopt=True)
     version = next_version(store, alias, history)
-    plan: Plan = _plan(store, alias, source, encoder, settings, batch_size, version + 1 if plain else version)
+    plan: Plan = build_plan(store, alias, source, encoder, settings, batch_size, version + 1 if plain else version)
     count = store.count(source)
     builder = PointBuilder(plan, encoder, reader)
     sampled, failed, embed_seconds, read_seconds = 0, 0, 0.0, 0.0

@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..integrations.base import VectorStore
+from ...integrations.base import VectorStore
 from . import state as st
 from .pipeline import Built, PointBuilder, copy_range
 from .plan import ERROR_FIELD, Plan, ReindexError, same_model, split_ranges, versions
@@ -33,7 +33,8 @@ VERIFY_SAMPLE = 32
 
 @dataclass
 class ReindexReport:
-    """What a reindex did. ``failures`` lists points whose source could not be read."""
+    """What a reindex did (or, with ``dry_run``, would do: ``plan``). ``failures`` lists points whose
+    source could not be read."""
 
     alias: str
     source: str
@@ -53,11 +54,15 @@ class ReindexReport:
     embedded_this_run: int = 0
     seconds: float = 0.0
     report_path: str | None = None
+    dry_run: bool = False
+    plan: dict[str, Any] | None = None  # a dry run's plan and estimate (see ``dryrun.py``)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items()}
 
     def summary(self) -> str:
+        if self.dry_run:
+            return json.dumps(self.plan, indent=2, default=str)
         lines = [f"reindexed '{self.alias}': {self.source} -> {self.target} ({self.mode}), {self.points} points, "
                  f"{self.embedded} re-embedded in {self.seconds:.1f} s"]
         if self.adopted:
@@ -191,14 +196,12 @@ class Job:
             "score_field": plan.score_field, "threshold": self._score_threshold()})
 
     def _score_threshold(self) -> float | None:
-        """The calibrated threshold of a model's own unsafe score (HySAC), for ``max_score``
-        filters; the shift score has none until one is calibrated on labelled data."""
-        hysac = getattr(self.builder.encoder, "hysac", None)  # HySACSettings of a HySAC model, else None
-        if hysac is None or not self.plan.score_field:
+        """The calibrated threshold of a model's own unsafe score (its method's classifier), for
+        ``max_score`` filters; the shift score has none until one is calibrated on labelled data."""
+        if not self.plan.score_field:
             return None
         kind = next(iter(self.plan.kinds.values()), "image")
-        threshold = hysac.thresholds.get(kind, hysac.threshold)
-        return None if threshold is None else float(threshold)
+        return self.builder.encoder.inference.calibrated_threshold(kind)
 
     # --- bookkeeping ---
 

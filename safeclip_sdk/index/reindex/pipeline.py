@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..integrations.base import Point, PointId, VectorStore
-from ..moderation import shift_score
+from ...integrations.base import Point, PointId, VectorStore
+from ...metrics.moderation import shift_score
 from .plan import ERROR_FIELD, FULL, Plan, in_range
 
 #: Qdrant servers refuse requests over 32 MiB by default; stay well below
@@ -45,7 +45,7 @@ class PointBuilder:
     def __init__(self, plan: Plan, encoder, reader):
         self.plan = plan
         self.encoder = encoder
-        self.reader = reader  # safeclip_sdk.reindex.sources.SourceReader
+        self.reader = reader  # safeclip_sdk.index.reindex.sources.SourceReader
 
     def build(self, points: Sequence[Point]) -> Built:
         plan = self.plan

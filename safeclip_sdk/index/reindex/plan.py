@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SafeclipError
-from ..integrations.base import DEFAULT_VECTOR, PointId, VectorSpec, VectorStore
+from ...errors import SafeclipError
+from ...integrations.base import DEFAULT_VECTOR, PointId, VectorSpec, VectorStore
+from . import state as st
 
 FULL = "full"
 SIDE_BY_SIDE = "side-by-side"
@@ -264,3 +265,48 @@ def parse_vector_options(values: Sequence[str]) -> dict[str, str]:
             raise ReindexError(f"--vector {value}: expected KIND=NAME, e.g. image=clip_image")
         parsed[kind.strip()] = name.strip()
     return parsed
+
+
+def build_plan(store: VectorStore, alias: str, source: str, encoder, settings: dict[str, Any], batch_size: int,
+               version: int) -> Plan:
+    """The plan of a re-embedding from ``source`` into version ``version`` of ``alias``, checked
+    against the source's vectors and fields before anything is written."""
+    specs = store.vector_specs(source)
+    earlier = store.read_state(st.index_key(source)) or {}
+    earlier_safe = [name for original, name in earlier.get("vectors", {}).items() if name != original]
+    kinds = choose_vectors(specs, settings["vectors"], settings["image_field"], settings["text_field"], source,
+                           earlier_safe)
+    target_specs, safe_names = target_layout(specs, kinds, settings["mode"], encoder.space, source)
+    score_field = settings["score_field"]
+    if score_field and not encoder.space.has_unsafe_score:
+        for name in kinds:
+            if specs[name].size != encoder.space.dim:
+                raise ReindexError(f"the shift score compares the original and the safe embedding, but vector "
+                                   f"'{name}' of '{source}' has size {specs[name].size} and the model embeds in "
+                                   f"{encoder.space.dim} dimensions: pass --no-score")
+    check_fields(store, source, settings)
+    return Plan(alias=alias, source=source, target=version_name(alias, version), adopt=False, mode=settings["mode"],
+                kinds=kinds, safe_names=safe_names, source_specs=specs, target_specs=target_specs,
+                score_field=score_field, on_error=settings["on_error"], batch_size=batch_size,
+                sources={key: settings[key] for key in ("image_field", "image_root", "text_field", "allow_urls")})
+
+
+def adoption_plan(store: VectorStore, alias: str, source: str, batch_size: int, version: int) -> Plan:
+    """A verbatim copy of a plain collection into the first version (no model, nothing re-embedded)."""
+    specs = store.vector_specs(source)
+    return Plan(alias=alias, source=source, target=version_name(alias, version), adopt=True, mode="copy", kinds={},
+                safe_names={}, source_specs=specs, target_specs=specs, score_field=None, on_error="keep",
+                batch_size=batch_size, sources={})
+
+
+def check_fields(store: VectorStore, source: str, settings: dict[str, Any], sample: int = 256) -> None:
+    """A source field that no point of the first page has is almost surely misspelt: refuse it."""
+    points, _ = store.scroll(source, limit=sample)
+    if not points:
+        return
+    for option in ("image_field", "text_field"):
+        name = settings[option]
+        if name and not any(has_field(point.payload, name) for point in points):
+            seen = sorted({key for point in points for key in point.payload})[:12]
+            raise ReindexError(f"payload field '{name}' (--{option.replace('_', '-')}) is in none of the first "
+                               f"{len(points)} points of '{source}' (fields seen: {', '.join(seen) or 'none'})")

@@ -1,7 +1,7 @@
 """The reindex copy phase on Ray: pages of each id range through an actor pool of Encoders.
 
 Everything after the copy (``finish_load``, reconciliation, verification, the alias switch and the
-pass after it) is :class:`~safeclip_sdk.reindex.engine.Job`'s, unchanged. Two ways to write:
+pass after it) is :class:`~safeclip_sdk.index.reindex.engine.Job`'s, unchanged. Two ways to write:
 
 - **driver writes** (a local Qdrant folder, or an open store: one client only). The driver scrolls
   the pages and streams each point's content (a text, an image path under the image root, or
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import distributed_ray as dray
-from ..integrations import open_store
-from ..integrations.base import Point, PointId
+from ...runtime import ray_pool as dray
+from ...integrations import open_store
+from ...integrations.base import Point, PointId
 from .engine import Job
 from .pipeline import Built, PointBuilder, write_points
 from .plan import ERROR_FIELD, Plan, in_range

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..integrations.base import Point, PointId, VectorStore
+from ...integrations.base import Point, PointId, VectorStore
 from .pipeline import PointBuilder, write_points
 from .plan import ERROR_FIELD, FULL, Plan, id_order
 from .state import failure_key

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImageError, SafeclipError
-from ..images import DEFAULT_MAX_PIXELS, load_image
+from ...errors import ImageError, SafeclipError
+from ...data.images import DEFAULT_MAX_PIXELS, load_image
 
 IMAGE, TEXT = "image", "text"
 DEFAULT_MAX_URL_BYTES = 20 * 2**20

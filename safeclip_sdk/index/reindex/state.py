@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..integrations.base import PointId, VectorStore
+from ...integrations.base import PointId, VectorStore
 
 STATE_VERSION = 1
 BASE_CHUNK = 65536  # points per base document (16 bytes each: about 1.4 MB of base64)

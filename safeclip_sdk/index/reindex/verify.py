@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..integrations.base import PointId, VectorStore
+from ...integrations.base import PointId, VectorStore
 from .pipeline import PointBuilder
 from .plan import ERROR_FIELD, Plan, ReindexError, show_vector
 from .reconcile import payload_hash

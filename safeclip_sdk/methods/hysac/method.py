@@ -13,9 +13,11 @@ from .. import register
 from ..base import Method, TrainingRun
 from ..safe_clip.method import embed_quadruplets
 from . import lorentz as L
-from .calibration import calibrate
+from ...metrics.calibration import calibrate
 from .config import HySACConfig
+from .inference import SETTINGS_KEY, HySACInference
 from .losses import HySACHead
+from .space import LORENTZ
 from .traversal import class_distance_stats, safe_boundary
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,10 @@ class HySAC(Method):
     section = "hysac"
     config_class = HySACConfig
     uses_frozen_reference = False
+    inference_class = HySACInference
+    metadata_keys = (SETTINGS_KEY,)
+    space_kinds = (LORENTZ,)
+    display_name = "HySAC"
     title = "HySAC, Hyperbolic Safety-Aware CLIP (Poppi et al., CVPR 2025)"
     summary = ("Safe and unsafe content were placed in an entailment hierarchy of a hyperbolic (Lorentz) space: "
                "safe content near the origin, unsafe content further out. The distance from the origin "
@@ -98,10 +104,10 @@ class HySAC(Method):
         logger.info("hysac: curvature %.4f, threshold %.4f (AUC %.3f on %s), traversal boundary %.4f",
                     curv, calibration["threshold"], calibration["auc"], split, boundary)
         return {
-            "embedding_space": {"kind": "lorentz", "dim": run.embed_dim, "curvature": curv,
+            "embedding_space": {"kind": LORENTZ, "dim": run.embed_dim, "curvature": curv,
                                 "text_scale": float(head.log_alpha_text.exp()),
                                 "image_scale": float(head.log_alpha_image.exp())},
-            "hysac": {
+            SETTINGS_KEY: {
                 "calibration": calibration,
                 "calibration_modality": calibration_modality,
                 "calibration_split": {"val": "validation", "train": "train"}[split],
@@ -114,13 +120,20 @@ class HySAC(Method):
             },
         }
 
+    @classmethod
+    def model_card_notes(cls, metadata: dict[str, Any]) -> list[str]:
+        curvature = (metadata.get("embedding_space") or {}).get("curvature")
+        return [f"The model embeds into a Lorentz (hyperbolic) space of curvature -{curvature}: "
+                "`safeclip_sdk.Encoder` applies the projection; open_clip alone returns the raw projection "
+                "outputs f, whose points are exp_map0(scale * f) with the scales in `safeclip.json`."]
+
     @staticmethod
     def _write_calibration(run: TrainingRun, report: dict[str, Any]) -> None:
         """The calibration curves beside the run: ``calibration.json`` and ``calibration.png``."""
         import json
 
-        from ...calibration_plot import draw_calibration
-        from ...models import atomic_write_text
+        from ..._utils.calibration_plot import draw_calibration
+        from ..._utils.files import atomic_write_text
 
         atomic_write_text(run.run_dir / "calibration.json", json.dumps(report, indent=2) + "\n")
         draw_calibration(report, run.run_dir / "calibration.png")
@@ -128,7 +141,7 @@ class HySAC(Method):
     def _points(self, run: TrainingRun, model: torch.nn.Module, split: str) -> dict[str, torch.Tensor]:
         """Every item of ``split`` through the merged towers and the head, by class."""
         from ...data import QuadrupletDataset
-        from ...lora import encode_image, encode_text
+        from ...model.towers import encode_image, encode_text
 
         data = run.split(split)
         dataset = QuadrupletDataset(data.items, run.base.preprocess, run.base.tokenizer,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ...errors import SafeclipError
-from ...losses import contrastive_loss, cosine_distance
+from ..losses import contrastive_loss, cosine_distance
 from .config import Normalization, SafeClipConfig, validate_loss_weights
 
 NORMALIZATIONS = typing.get_args(Normalization)

@@ -57,6 +57,7 @@ class SafeClip(Method):
     section = "safe_clip"
     section_aliases = ("loss",)
     config_class = SafeClipConfig
+    display_name = "Safe-CLIP"
     title = "Safe-CLIP (Poppi et al., ECCV 2024)"
     summary = ("Unsafe text and images are redirected to where their safe counterparts were in the original "
                "embedding space; safe inputs stay where they were, so existing indexes and downstream models "

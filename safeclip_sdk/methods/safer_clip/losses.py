@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import SafeclipError
-from ...losses import contrastive_loss, cosine_distance
+from ..losses import contrastive_loss, cosine_distance
 
 NORMALIZATIONS = ("sum", "none")
 

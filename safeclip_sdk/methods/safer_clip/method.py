@@ -53,6 +53,7 @@ class SaferClip(Method):
     section = "safer_clip"
     config_class = SaferClipConfig
     resumable_settings = ("cache_dir", "target_batch_size")
+    display_name = "SafeR-CLIP"
     title = "SafeR-CLIP (Yousaf et al., AAAI 2026)"
     summary = ("Each unsafe caption and image was redirected towards its closest safe alternative in the "
                "training pool (under the original encoders), not onto one fixed counterpart, disturbing the "

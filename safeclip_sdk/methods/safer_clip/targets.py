@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ...errors import SafeclipError
-from ...models import atomic_write, atomic_write_text
+from ..._utils.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

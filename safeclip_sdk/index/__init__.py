@@ -1,0 +1,1 @@
+"""Vector collections: safe search (``search.py``) and the blue-green reindex (``reindex/``)."""
