@@ -8,8 +8,8 @@ import click
 
 from safeclip_sdk.cli.engine import engine_options
 from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
-from safeclip_sdk.index.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_SCORE_FIELD, MODES,
-                                        UNSAFE_SCORE_FIELD, cleanup, reindex, rollback)
+from safeclip_sdk.index.reindex import DEFAULT_BATCH_SIZE, cleanup, reindex, rollback
+from safeclip_sdk.index.contract import DEFAULT_REINDEX_MODE, DEFAULT_SCORE_FIELD, REINDEX_MODES, UNSAFE_SCORE_FIELD
 
 
 @click.group("reindex", invoke_without_command=True)
@@ -18,7 +18,7 @@ from safeclip_sdk.index.reindex import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAUL
 @click.option("--collection", "--table", "collection", metavar="NAME",
               help="The alias readers use (in PostgreSQL, a view).")
 @click.option("--model", metavar="MODEL", help="Safe model folder or ONNX export.")
-@click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True)
+@click.option("--mode", type=click.Choice(REINDEX_MODES), default=DEFAULT_REINDEX_MODE, show_default=True)
 @click.option("--image-field", metavar="F", help="Payload field with an image path (under --image-root) or URL.")
 @click.option("--image-root", metavar="DIR", type=click.Path(file_okay=False), help="Folder image paths are inside.")
 @click.option("--text-field", metavar="F", help="Payload field with a text.")

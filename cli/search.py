@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from safeclip_sdk.index.search import MODES, THRESHOLD, search
+from safeclip_sdk.index.search import THRESHOLD, search
+from safeclip_sdk.index.contract import SEARCH_MODES
 
 from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 
@@ -23,7 +24,7 @@ from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 @click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="An image file as the query.")
 @click.option("-k", "--limit", type=click.IntRange(min=1), default=10, show_default=True, help="How many results.")
-@click.option("--mode", type=click.Choice(MODES), default=None,
+@click.option("--mode", type=click.Choice(SEARCH_MODES), default=None,
               help="query-side: the safe model embeds the query only, against the original vectors; safe: "
                    "against the safe vectors. Default: what the collection was built for.")
 @click.option("--vector", default=None, help="The vector to search, when the collection has several.")

@@ -13,7 +13,7 @@ from ..errors import DataError, ImageError
 from .quadruplets import Quadruplet
 
 
-def load_image(path: Path, preprocess: Callable, source: str = "", *,
+def load_image_tensor(path: Path, preprocess: Callable, source: str = "", *,
                max_pixels: int = images.DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """An image file as a preprocessed tensor, decoded by :func:`safeclip_sdk.data.images.load_image`
     (the Encoder's loader: EXIF orientation, mode conversion, pixel limit).
@@ -58,12 +58,12 @@ class QuadrupletDataset(Dataset):
         item = self.items[index]
         sample: dict[str, torch.Tensor | int] = {
             "index": index,
-            "safe_image": load_image(item.safe_image, self.preprocess, item.source),
+            "safe_image": load_image_tensor(item.safe_image, self.preprocess, item.source),
             "safe_text": tokenize(self.tokenizer, item.safe_text),
             "unsafe_text": tokenize(self.tokenizer, item.unsafe_text),
         }
         if self.with_unsafe_images:
-            sample["unsafe_image"] = load_image(item.unsafe_image, self.preprocess, item.source)
+            sample["unsafe_image"] = load_image_tensor(item.unsafe_image, self.preprocess, item.source)
         return sample
 
 
@@ -91,4 +91,4 @@ class ImageTextPairs(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path, text = self.pairs[index]
-        return {"image": load_image(path, self.preprocess), "text": tokenize(self.tokenizer, text)}
+        return {"image": load_image_tensor(path, self.preprocess), "text": tokenize(self.tokenizer, text)}

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..evaluation.deployment import compare_deployments
 from ..evaluation.protocol import EvalReport, evaluate, untransformed_row
+from ..index.contract import FULL_REINDEX, QUERY_SIDE
 from ..methods import DEFAULT_METHOD, available_methods, get_method
 from ..model.spaces import COSINE
 from ..training.run import train
@@ -30,7 +31,7 @@ from .settings import method_config
 from ..metrics.retrieval import IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNSAFE_IMAGE_TO_ALL_TEXTS, UNSAFE_TEXT_TO_ALL_IMAGES
 from .._utils.files import atomic_write, atomic_write_text
 
-DEPLOYMENT_MODES = {"query-side": "query side (base vectors kept)", "full-reindex": "full reindex"}
+DEPLOYMENT_MODES = {QUERY_SIDE: "query side (base vectors kept)", FULL_REINDEX: "full reindex"}
 QUERY_DIRECTIONS = {"text queries": "text", "image queries": "image"}
 
 

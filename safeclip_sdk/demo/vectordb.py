@@ -22,9 +22,15 @@ from typing import Any
 
 
 from ..data import load_dataset
-from ..runtime.encoder import Encoder
 from ..errors import SafeclipError
+from ..index.contract import DEFAULT_REINDEX_MODE
+from ..index.reindex import reindex
+from ..index.search import IndexInfo
+from ..integrations import open_store
+from ..integrations.base import DEFAULT_VECTOR, Point, Range, VectorSpec
+from ..metrics.moderation import calibrate_threshold, shift_score
 from ..metrics.report import percent
+from ..runtime.encoder import Encoder
 from .pictures import ShownResult, search_comparison
 
 COLLECTION = "demo-images"
@@ -56,9 +62,7 @@ class VectorDemoResult:
 
 def run_vector_stage(out: Path, base_dir: Path, safe_model: Path, test_data: Path, live_data: Path,
                      echo) -> VectorDemoResult:
-    from safeclip_sdk.integrations import open_store
 
-    from ..index.reindex import DEFAULT_MODE, reindex
 
     items = load_dataset(test_data).items
     world_root = Path(test_data).parent
@@ -75,11 +79,11 @@ def run_vector_stage(out: Path, base_dir: Path, safe_model: Path, test_data: Pat
         writer.seed()
         writer.start()
         try:
-            report = reindex(store, COLLECTION, encoder=safe, mode=DEFAULT_MODE, image_field="image",
+            report = reindex(store, COLLECTION, encoder=safe, mode=DEFAULT_REINDEX_MODE, image_field="image",
                              image_root=world_root, progress=False)
         finally:
             writer.stop()
-        echo(f"reindex ({DEFAULT_MODE}) while a writer made {writer.counts['upserts']} upserts, "
+        echo(f"reindex ({DEFAULT_REINDEX_MODE}) while a writer made {writer.counts['upserts']} upserts, "
              f"{writer.counts['payload_changes']} payload changes and {writer.counts['deletes']} deletes "
              f"through the alias:")
         echo(report.summary())
@@ -98,7 +102,6 @@ def run_vector_stage(out: Path, base_dir: Path, safe_model: Path, test_data: Pat
 
 def _index_with_base(store, items, world_root: Path, base: Encoder) -> None:
     """The platform's existing collection: every test image embedded by the ORIGINAL model."""
-    from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Point, VectorSpec
 
     physical = f"{COLLECTION}-original"
     store.create_collection(physical, {DEFAULT_VECTOR: VectorSpec(base.space.stored_dim, base.space.distance)})
@@ -124,7 +127,6 @@ class _LiveWriter(threading.Thread):
     switches it writes the base model's vectors, as it always has; from the switch on it writes
     complete points (``complete_point`` adds the safe vector and score).
     """
-
     def __init__(self, store, live_data: Path, base: Encoder, safe: Encoder, *, gallery_size: int):
         super().__init__(daemon=True)
         self.store, self.safe, self.gallery_size = store, safe, gallery_size
@@ -213,7 +215,6 @@ def _scroll_all(store, collection: str):
 
 def _image_threshold(base: Encoder, safe: Encoder, val_data: Path) -> float:
     """The shift-score threshold for images, calibrated on the validation split."""
-    from ..metrics.moderation import calibrate_threshold, shift_score
 
     items = load_dataset(val_data).items
     scores = {}
@@ -224,9 +225,7 @@ def _image_threshold(base: Encoder, safe: Encoder, val_data: Path) -> float:
 
 def _measure(store, report, items, world_root: Path, base: Encoder, safe: Encoder, threshold: float):
     """Each deployment through Qdrant queries on the test gallery; top-5 of the first queries."""
-    from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Range
 
-    from ..index.search import IndexInfo
 
     info = IndexInfo.read(store, report.target)
     original = next(iter(info.vectors), DEFAULT_VECTOR)

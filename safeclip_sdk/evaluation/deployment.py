@@ -27,6 +27,7 @@ import torch
 
 from ..data.loading import load_dataset
 from ..data.quadruplets import QuadrupletSet
+from ..index.contract import BASE, DEPLOYMENTS, FULL_REINDEX, QUERY_SIDE, SIDE_BY_SIDE
 from .deployment_report import DeploymentReport, recommend
 from .._utils.devices import resolve_device
 from ..errors import SafeclipError
@@ -35,11 +36,6 @@ from ..metrics.retrieval import DEPLOYMENT_KS, EmbeddingSet, Similarity, cosine,
 from ..metrics.moderation import (BALANCED_ACCURACY, TARGET_FPR, calibrate_threshold, roc_auc, roc_curve, shift_score,
                                   threshold_metrics)
 
-BASE = "base"
-QUERY_SIDE = "query-side"
-FULL_REINDEX = "full-reindex"
-SIDE_BY_SIDE = "side-by-side"
-MODES = (BASE, QUERY_SIDE, FULL_REINDEX, SIDE_BY_SIDE)
 
 TEXT_QUERIES = "text queries"
 IMAGE_QUERIES = "image queries"
@@ -107,7 +103,7 @@ def deployment_metrics(base: EmbeddingSet, safe: EmbeddingSet, *, thresholds: di
     """
     thresholds = thresholds or {}
     gallery_scores = shift_scores(base, safe)
-    results: dict[str, dict[str, dict[str, Any]]] = {mode: {} for mode in MODES}
+    results: dict[str, dict[str, dict[str, Any]]] = {mode: {} for mode in DEPLOYMENTS}
     for direction, gallery_modality in ((TEXT_QUERIES, IMAGES), (IMAGE_QUERIES, TEXTS)):
         runs = [(BASE, base, base, None), (QUERY_SIDE, safe, base, None), (FULL_REINDEX, safe, safe, None)]
         threshold = thresholds.get(gallery_modality)

@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..index.contract import DEPLOYMENT_TITLES
 from ..metrics.report import JsonReport
 from .._utils.files import atomic_write_text
 
-MODE_TITLES = {"base": "base model", "query-side": "query-side", "full-reindex": "full reindex",
-               "side-by-side": "side-by-side (query-side + score filter)"}
 
 
 def safety_rates(metrics: dict[str, Any]) -> list[float]:
@@ -124,7 +123,7 @@ class DeploymentReport(JsonReport):
             header += [f"safe queries {recalls}", "safe-query leak ↓", "safe items hidden"]
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for mode, metrics in rows.items():
-                cells = [MODE_TITLES.get(mode, mode)]
+                cells = [DEPLOYMENT_TITLES.get(mode, mode)]
                 for kind, rate in (("unsafe_queries", "unsafe_top1"), ("safe_queries", "leak")):
                     if kind in sample:
                         values = metrics[kind]

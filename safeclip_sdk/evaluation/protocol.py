@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..data.loading import load_dataset
 from ..data.quadruplets import Quadruplet, QuadrupletSet
-from ..data.torch_dataset import QuadrupletDataset, load_image
+from ..data.torch_dataset import QuadrupletDataset, load_image_tensor
 from ..errors import DataError, ModelLoadError, SafeclipError
 from ..data.images import IMAGE_EXTENSIONS
 from ..model.folder import LoadedModel
@@ -149,7 +149,7 @@ def _zero_shot(model: LoadedModel, samples: Sequence[tuple[Path, str]], *, promp
             tokens = model.tokenizer([prompt.format(name) for name in classes]).to(device)
             class_features = space.embed(network.encode_text(tokens), "text").cpu().numpy()
             for start in tqdm(range(0, len(samples), batch_size), desc="zero-shot", unit="batch", disable=None):
-                images = torch.stack([load_image(path, preprocess) for path, _ in samples[start:start + batch_size]])
+                images = torch.stack([load_image_tensor(path, preprocess) for path, _ in samples[start:start + batch_size]])
                 image_features.append(space.embed(network.encode_image(images.to(device)), "image").cpu().numpy())
     finally:
         network.train(was_training)

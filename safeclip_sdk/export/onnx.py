@@ -536,7 +536,7 @@ def _retrieval_check(loaded: LoadedModel, eval_data: str | os.PathLike, image_ro
 def _embed_quadruplets(loaded: LoadedModel, items: Sequence[Quadruplet],
                        variants: dict[str, dict[Tower, Path]]) -> dict[str, EmbeddingSet]:
     """EmbeddingSet of ``items`` under each variant's ONNX encoders (onnxruntime CPU)."""
-    from ..data.torch_dataset import load_image
+    from ..data.torch_dataset import load_image_tensor
     from ..metrics.retrieval import EmbeddingSet
 
     preprocess, tokenizer = loaded.preprocess, loaded.tokenizer
@@ -554,7 +554,7 @@ def _embed_quadruplets(loaded: LoadedModel, items: Sequence[Quadruplet],
             if tower is TEXT:
                 inputs = tokenizer([getattr(item, column) for item in batch]).long().numpy()
             else:
-                inputs = torch.stack([load_image(getattr(item, column), preprocess, item.source)
+                inputs = torch.stack([load_image_tensor(getattr(item, column), preprocess, item.source)
                                       for item in batch]).numpy()
             for variant, towers in sessions.items():
                 chunks[variant][column].append(towers[tower].run([tower.output_name], {tower.input_name: inputs})[0])

@@ -33,17 +33,11 @@ from PIL import Image
 
 from ..errors import SafeclipError
 from ..integrations import open_store
+from .contract import DEFAULT_SIDE_BY_SIDE_MODE, FULL, QUERY_SIDE, SAFE, SEARCH_MODES, index_key
 from ..integrations.base import DEFAULT_VECTOR, MissingCollectionError, PointId, Range, VectorStore
 
-QUERY_SIDE = "query-side"
-SAFE = "safe"
-MODES = (QUERY_SIDE, SAFE)
-#: the mode used on a side-by-side collection when none is asked for
-DEFAULT_SIDE_BY_SIDE_MODE = QUERY_SIDE
 #: ``max_score`` value that means "the threshold recorded with the collection"
 THRESHOLD = "threshold"
-
-_FULL, _SIDE_BY_SIDE = "full", "side-by-side"
 
 
 class SearchError(SafeclipError):
@@ -85,7 +79,7 @@ class IndexInfo:
 
     @classmethod
     def read(cls, store: VectorStore, collection: str) -> IndexInfo | None:
-        document = store.read_state(f"index:{collection}")
+        document = store.read_state(index_key(collection))
         if document is None:
             return None
         return cls(mode=document["mode"], model=document.get("model"), space=dict(document.get("space") or {}),
@@ -113,8 +107,8 @@ class SafeSearch:
 
     def __init__(self, store: VectorStore, collection: str, encoder, *, mode: str | None = None,
                  vector: str | None = None, traversal: bool = True):
-        if mode is not None and mode not in MODES:
-            raise SearchError(f"unknown search mode '{mode}' (choose from {', '.join(MODES)})")
+        if mode is not None and mode not in SEARCH_MODES:
+            raise SearchError(f"unknown search mode '{mode}' (choose from {', '.join(SEARCH_MODES)})")
         self.traversal = traversal and encoder.inference.query_transform is not None
         if self.traversal:
             try:
@@ -148,7 +142,7 @@ class SafeSearch:
                 raise SearchError(f"'{name}' has no safe vector for {_show(original)} "
                                   f"(re-embedded: {', '.join(_show(v) for v in index.vectors) or 'none'})")
         else:
-            if index is not None and index.mode == _FULL and original in index.vectors:
+            if index is not None and index.mode == FULL and original in index.vectors:
                 raise SearchError(f"'{name}' was fully reindexed: its {_show(original)} holds the safe model's "
                                   f"embeddings, not the original ones; search it with mode '{SAFE}' (or search "
                                   f"the previous collection query-side)")
@@ -305,7 +299,7 @@ def _load_encoder(store: VectorStore, collection: str, model: str | os.PathLike 
 def _default_mode(index: IndexInfo | None) -> str:
     if index is None:
         return QUERY_SIDE
-    return SAFE if index.mode == _FULL else DEFAULT_SIDE_BY_SIDE_MODE
+    return SAFE if index.mode == FULL else DEFAULT_SIDE_BY_SIDE_MODE
 
 
 def _show(vector: str) -> str:

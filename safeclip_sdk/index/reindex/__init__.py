@@ -28,18 +28,17 @@ from .engine import (ABANDONED, MAX_PASSES, VERIFY_SAMPLE, Job, ReindexReport, c
 from .dryrun import dry_run_plan
 from .pipeline import PointBuilder
 from .sources import SourceReader
-from .plan import (DEFAULT_BATCH_SIZE, DEFAULT_MODE, DEFAULT_RANGES, DEFAULT_SCORE_FIELD, ERROR_FIELD, FULL, MODES,
-                   ON_ERROR, SIDE_BY_SIDE, UNSAFE_SCORE_FIELD, Plan, ReindexError, adoption_plan, build_plan,
+from ..contract import DEFAULT_REINDEX_MODE, DEFAULT_SCORE_FIELD, REINDEX_MODES, SIDE_BY_SIDE, UNSAFE_SCORE_FIELD
+from .plan import (DEFAULT_BATCH_SIZE, DEFAULT_RANGES, ON_ERROR, Plan, ReindexError, adoption_plan, build_plan,
                    model_probe, parse_vector_options, resolve_source, versions)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["reindex", "rollback", "cleanup", "complete_point", "ReindexReport", "ReindexError", "DEFAULT_MODE",
-           "MODES", "FULL", "SIDE_BY_SIDE", "DEFAULT_SCORE_FIELD", "UNSAFE_SCORE_FIELD", "ERROR_FIELD", "DEFAULT_BATCH_SIZE"]
+__all__ = ["reindex", "rollback", "cleanup", "complete_point", "ReindexReport", "ReindexError", "DEFAULT_BATCH_SIZE"]
 
 
 def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str | os.PathLike | None = None, *,
-            mode: str = DEFAULT_MODE, image_field: str | None = None, image_root: str | os.PathLike | None = None,
+            mode: str = DEFAULT_REINDEX_MODE, image_field: str | None = None, image_root: str | os.PathLike | None = None,
             text_field: str | None = None, vectors: Mapping[str, str] | Sequence[str] | None = None,
             on_error: str = "keep", batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,
             drop_old: bool = False, allow_urls: bool = False, adopt: bool = False,
@@ -84,8 +83,8 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
             ``ray_address`` (default: ``RAY_ADDRESS`` or a local Ray). Needs the ``[ray]`` extra; see
             docs/reindex.md.
     """
-    if mode not in MODES:
-        raise ReindexError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
+    if mode not in REINDEX_MODES:
+        raise ReindexError(f"unknown mode '{mode}' (choose from {', '.join(REINDEX_MODES)})")
     if on_error not in ON_ERROR:
         raise ReindexError(f"unknown --on-error '{on_error}' (choose from {', '.join(ON_ERROR)})")
     if batch_size < 1:

@@ -18,9 +18,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ...integrations.base import VectorStore
+from ..contract import index_key
 from . import state as st
 from .pipeline import Built, PointBuilder, copy_range
-from .plan import ERROR_FIELD, Plan, ReindexError, same_model, split_ranges, versions
+from .plan import Plan, ReindexError, same_model, split_ranges, versions
+from ..contract import ERROR_FIELD
 from .reconcile import final_pass, payload_hash, reconcile_pass
 from .verify import verify_sample
 
@@ -190,7 +192,7 @@ class Job:
 
     def _write_index_info(self) -> None:
         plan = self.plan
-        self.store.write_state(st.index_key(plan.target), {
+        self.store.write_state(index_key(plan.target), {
             "mode": plan.mode, "model": self.job["model"], "space": self.job["space"],
             "vectors": {name: plan.safe_names[name] for name in plan.kinds},
             "score_field": plan.score_field, "threshold": self._score_threshold()})

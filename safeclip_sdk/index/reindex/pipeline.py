@@ -20,7 +20,8 @@ import numpy as np
 
 from ...integrations.base import Point, PointId, VectorStore
 from ...metrics.moderation import shift_score
-from .plan import ERROR_FIELD, FULL, Plan, in_range
+from .plan import Plan, in_range
+from ..contract import ERROR_FIELD, FULL
 
 #: Qdrant servers refuse requests over 32 MiB by default; stay well below
 MAX_REQUEST_BYTES = 8 * 2**20

@@ -17,27 +17,13 @@ import numpy as np
 
 from ...errors import SafeclipError
 from ...integrations.base import DEFAULT_VECTOR, PointId, VectorSpec, VectorStore
-from . import state as st
+from ..contract import (DEFAULT_SCORE_FIELD, ERROR_FIELD, FULL, REINDEX_MODES, SAFE_SUFFIX, SAFE_UNNAMED,
+                        UNSAFE_SCORE_FIELD, index_key)
 
-FULL = "full"
-SIDE_BY_SIDE = "side-by-side"
-MODES = (FULL, SIDE_BY_SIDE)
-#: the mode a reindex uses when none is given
-DEFAULT_MODE = SIDE_BY_SIDE
 
 KINDS = ("image", "text")
 ON_ERROR = ("keep", "skip")
 
-#: payload key of the side-by-side moderation score (1 - cos(original, safe))
-DEFAULT_SCORE_FIELD = "safeclip_shift"
-#: payload key of the score a model's own space gives (HySAC: distance from the origin), in any mode
-UNSAFE_SCORE_FIELD = "safeclip_unsafe_score"
-#: payload key set on points whose source could not be read and that kept their old vectors
-ERROR_FIELD = "safeclip_source_error"
-#: suffix of the safe vector added next to a named original vector in side-by-side mode
-SAFE_SUFFIX = "_safe"
-#: name of the safe vector added next to a collection's unnamed vector
-SAFE_UNNAMED = "safe"
 
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_RANGES = 8
@@ -175,8 +161,8 @@ def target_layout(source_specs: Mapping[str, VectorSpec], kinds: Mapping[str, st
     the switch, and ``--on-error keep`` could not keep an old vector). Side-by-side adds a new
     vector of the model's size and distance and leaves the original untouched.
     """
-    if mode not in MODES:
-        raise ReindexError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
+    if mode not in REINDEX_MODES:
+        raise ReindexError(f"unknown mode '{mode}' (choose from {', '.join(REINDEX_MODES)})")
     model_spec = dict(size=space.stored_dim, distance=space.distance)
     specs = dict(source_specs)
     safe_names = {}
@@ -272,7 +258,7 @@ def build_plan(store: VectorStore, alias: str, source: str, encoder, settings: d
     """The plan of a re-embedding from ``source`` into version ``version`` of ``alias``, checked
     against the source's vectors and fields before anything is written."""
     specs = store.vector_specs(source)
-    earlier = store.read_state(st.index_key(source)) or {}
+    earlier = store.read_state(index_key(source)) or {}
     earlier_safe = [name for original, name in earlier.get("vectors", {}).items() if name != original]
     kinds = choose_vectors(specs, settings["vectors"], settings["image_field"], settings["text_field"], source,
                            earlier_safe)

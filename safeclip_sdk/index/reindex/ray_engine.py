@@ -31,7 +31,8 @@ from ...integrations import open_store
 from ...integrations.base import Point, PointId
 from .engine import Job
 from .pipeline import Built, PointBuilder, write_points
-from .plan import ERROR_FIELD, Plan, in_range
+from .plan import Plan, in_range
+from ..contract import ERROR_FIELD
 from .sources import SourceReader
 
 

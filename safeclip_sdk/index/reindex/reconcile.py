@@ -28,7 +28,8 @@ import numpy as np
 
 from ...integrations.base import Point, PointId, VectorStore
 from .pipeline import PointBuilder, write_points
-from .plan import ERROR_FIELD, FULL, Plan, id_order
+from .plan import Plan, id_order
+from ..contract import ERROR_FIELD, FULL
 from .state import failure_key
 
 SCAN_PAGE = 512

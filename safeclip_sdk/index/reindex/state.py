@@ -34,10 +34,6 @@ def job_key(alias: str) -> str:
     return f"reindex:{alias}"
 
 
-def index_key(collection: str) -> str:
-    return f"index:{collection}"
-
-
 def read_job(store: VectorStore, alias: str) -> dict[str, Any] | None:
     return store.read_state(job_key(alias))
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from ...integrations.base import PointId, VectorStore
 from .pipeline import PointBuilder
-from .plan import ERROR_FIELD, Plan, ReindexError, show_vector
+from .plan import Plan, ReindexError, show_vector
+from ..contract import ERROR_FIELD
 from .reconcile import payload_hash
 
 MIN_COSINE = 0.999

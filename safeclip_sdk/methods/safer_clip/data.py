@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ...data.quadruplets import Quadruplet
-from ...data.torch_dataset import load_image, tokenize
+from ...data.torch_dataset import load_image_tensor, tokenize
 
 
 class WithProximityTargets(torch.utils.data.Dataset):
@@ -31,5 +31,5 @@ class WithProximityTargets(torch.utils.data.Dataset):
         target = self.pool[int(self.indices[index])]
         sample["target_text"] = tokenize(self.tokenizer, target.safe_text)
         if self.with_target_images:
-            sample["target_image"] = load_image(target.safe_image, self.preprocess, target.source)
+            sample["target_image"] = load_image_tensor(target.safe_image, self.preprocess, target.source)
         return sample
