@@ -30,6 +30,20 @@ def tiny_model_dir(tmp_path_factory):
 
 from tests.conftest_pg import pg_dsn, pg_server  # noqa: E402,F401 - the PostgreSQL fixtures
 
+# `service`: the test starts PostgreSQL or Ray; `slow`: its fixtures train or export a model first
+SERVICE_FIXTURES = {"pg_server", "pg_dsn", "local_ray"}
+SLOW_FIXTURES = {"hysac_world", "hysac_onnx", "onnx_export", "fp32_export"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        if fixtures & SERVICE_FIXTURES or (callspec is not None and "pgvector" in callspec.id):
+            item.add_marker(pytest.mark.service)
+        if fixtures & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def hysac_world(tmp_path_factory):

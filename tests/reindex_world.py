@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Point, VectorSpec
-from safeclip_sdk.index.reindex.plan import ERROR_FIELD
+from safeclip_sdk.index.contract import ERROR_FIELD
 
 WORDS = ["cat", "dog", "red", "car", "tree", "beach", "city", "night", "snow", "bird", "boat", "lamp"]
 RESERVED = (ERROR_FIELD, "safeclip_shift")

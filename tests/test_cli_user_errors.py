@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.service
+
 WEIGHTS = "open_clip_model.safetensors"
 LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")  # the CLI's logging format
 PROGRESS_LINE = re.compile(r"^[\w .-]*: *\d+%\|")  # a tqdm progress bar

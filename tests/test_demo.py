@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from safeclip_sdk import load_model
 from safeclip_sdk.cli.main import cli
 from safeclip_sdk.export import load_manifest
+
+pytestmark = pytest.mark.slow
 
 
 def test_quick_demo_trains_evaluates_exports_and_searches(tmp_path):

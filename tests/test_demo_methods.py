@@ -3,6 +3,7 @@ the four models compared in one table, and the reports written (the numbers mean
 
 import json
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -11,6 +12,8 @@ from safeclip_sdk.cli.main import cli
 from safeclip_sdk.demo.settings import QUICK_SETTINGS
 from safeclip_sdk.demo.methods import compare_all_methods
 from safeclip_sdk.methods import model_inference
+
+pytestmark = pytest.mark.slow
 
 ROWS = ("base", "safe-clip", "safer-clip", "hysac", "hysac (no traversal)")
 

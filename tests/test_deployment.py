@@ -10,9 +10,9 @@ from PIL import Image
 from safeclip_sdk.cli.main import cli
 from safeclip_sdk.demo.world import build_demo_world
 from safeclip_sdk.data import load_dataset
-from safeclip_sdk.evaluation.deployment import (BASE, FULL_REINDEX, IMAGE_QUERIES, IMAGES, QUERY_SIDE, SIDE_BY_SIDE,
-                                                TEXT_QUERIES, TEXTS, DeploymentReport, compare_deployments,
-                                                deployment_metrics)
+from safeclip_sdk.evaluation.deployment import (IMAGE_QUERIES, IMAGES, TEXT_QUERIES, TEXTS, DeploymentReport,
+                                                compare_deployments, deployment_metrics)
+from safeclip_sdk.index.contract import BASE, FULL_REINDEX, QUERY_SIDE, SIDE_BY_SIDE
 from safeclip_sdk.metrics.retrieval import rank_with_hidden
 from safeclip_sdk.evaluation.deployment_report import recommend
 from safeclip_sdk.errors import SafeclipError

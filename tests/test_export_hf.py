@@ -25,6 +25,8 @@ from transformers import (  # noqa: E402
     CLIPTokenizer,
 )
 
+pytestmark = pytest.mark.slow
+
 CAPTIONS = [
     "A photo of a CAT!!",
     "Hello, World... it's 3:45pm; the dog's toy (RED) costs $5?",

@@ -22,6 +22,8 @@ from safeclip_sdk.metrics.retrieval import EmbeddingSet, retrieval_metrics
 from safeclip_sdk.export import build_tensorrt_engines, export_onnx, load_manifest
 from safeclip_sdk.model.folder import load_model
 
+pytestmark = pytest.mark.slow
+
 CAPTIONS = ["a dog on the grass", "two people at the beach", "a red car in the street", "a cat asleep on a sofa",
             "a boat on the sea at night", "an old house in the snow", "a bird above a tree", "a child with a kite"]
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None

@@ -122,6 +122,7 @@ def test_without_preprocessor_config_uses_clip_defaults(tmp_path):
     assert loaded.context_length == CONTEXT
 
 
+@pytest.mark.service
 def test_loading_does_not_need_transformers(tmp_path):
     hf_model = save_tiny_hf_clip(tmp_path)
     ids = token_ids(2)

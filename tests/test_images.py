@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from safeclip_sdk.data import QuadrupletDataset, load_dataset
-from safeclip_sdk.data.torch_dataset import load_image as load_image_tensor
+from safeclip_sdk.data.torch_dataset import load_image_tensor
 from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.errors import DataError
 from safeclip_sdk.data.images import BACKGROUND, DEFAULT_MAX_PIXELS, ImageError, load_image, preprocess_image, to_rgb

@@ -116,6 +116,7 @@ def _sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_safer_clip_trains_through_the_cli_with_its_targets_and_curriculum(tiny_model_dir, world, tmp_path):
     cfg = _write_yaml(tmp_path / "cfg.yaml", _config(tiny_model_dir, world, tmp_path / "run", "safe-clip"))
     outcome = CliRunner().invoke(cli, ["train", "-c", str(cfg), "--method", "safer-clip", "--epochs", "3",
@@ -143,6 +144,7 @@ def test_safer_clip_trains_through_the_cli_with_its_targets_and_curriculum(tiny_
         assert not torch.allclose(trained.model.encode_text(tokens), base.model.encode_text(tokens))
 
 
+@pytest.mark.slow
 def test_safer_clip_reuses_a_shared_target_cache_and_trains_on_text_only_data(tiny_model_dir, world, tmp_path,
                                                                                 caplog):
     text_only = _text_only(world, tmp_path)
@@ -163,6 +165,7 @@ def test_safer_clip_reuses_a_shared_target_cache_and_trains_on_text_only_data(ti
     assert not (tmp_path / "second" / "cache").exists()
 
 
+@pytest.mark.slow
 def test_hysac_trains_its_geometry_and_writes_the_lorentz_space_and_calibration(tiny_model_dir, world, tmp_path):
     run_dir = tmp_path / "run"
     result = train(_write_yaml(tmp_path / "cfg.yaml", _config(
@@ -224,6 +227,7 @@ def test_hysac_on_text_only_data_calibrates_on_texts(tiny_model_dir, world, tmp_
     assert set(block["distance_stats"]) == {"text_safe", "image_safe", "text_unsafe"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["safer-clip", "hysac"])
 def test_an_interrupted_run_resumes_to_bitwise_the_same_model(tiny_model_dir, world, tmp_path, method):
     # constant rate: the schedule must not depend on max_steps, which the resumed run raises.

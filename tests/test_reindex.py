@@ -14,7 +14,8 @@ from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import Point, VectorSpec
 from safeclip_sdk.metrics.moderation import shift_score
-from safeclip_sdk.index.reindex import ERROR_FIELD, ReindexError, cleanup, complete_point, reindex, rollback
+from safeclip_sdk.index.reindex import ReindexError, cleanup, complete_point, reindex, rollback
+from safeclip_sdk.index.contract import ERROR_FIELD
 from tests.reindex_world import (cosine, everything, make_text_collection, original_vector, text_of,
                                  without_reserved, write_image)
 
@@ -216,6 +217,7 @@ def test_complete_point_gives_an_application_point_the_safe_layout(store, encode
     assert point.payload["safeclip_shift"] == pytest.approx(float(shift_score(original[None], safe[None])[0]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_reindex_rollback_cleanup(tmp_path, encoder, tiny_model_dir):
     db = tmp_path / "db"
     store = open_store(db)

@@ -9,7 +9,8 @@ import pytest
 from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Point, VectorSpec
-from safeclip_sdk.index.reindex import UNSAFE_SCORE_FIELD, reindex
+from safeclip_sdk.index.reindex import reindex
+from safeclip_sdk.index.contract import UNSAFE_SCORE_FIELD
 from safeclip_sdk.index.search import SafeSearch
 from tests.reindex_world import everything
 

@@ -20,7 +20,8 @@ from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.errors import SafeclipError
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import Point
-from safeclip_sdk.index.reindex import ERROR_FIELD, reindex
+from safeclip_sdk.index.reindex import reindex
+from safeclip_sdk.index.contract import ERROR_FIELD
 from tests.reindex_world import everything, make_text_collection, original_vector
 from tests.ray_world import local_ray  # noqa: F401 - the session's Ray
 

@@ -23,6 +23,8 @@ from safeclip_sdk.index.reindex.pipeline import PREFETCH
 from tests.faulty_store import FaultyStore
 from tests.reindex_world import everything, fast_folder, make_text_collection, without_reserved
 
+pytestmark = pytest.mark.service
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -14,7 +14,8 @@ from safeclip_sdk.cli.main import cli
 from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import MissingCollectionError, Point, VectorSpec
-from safeclip_sdk.index.search import DEFAULT_SIDE_BY_SIDE_MODE, QUERY_SIDE, SAFE, SafeSearch, SearchError, search
+from safeclip_sdk.index.search import SafeSearch, SearchError, search
+from safeclip_sdk.index.contract import DEFAULT_SIDE_BY_SIDE_MODE, QUERY_SIDE, SAFE
 
 TEXTS = ["a red bicycle leaning on a wall", "two dogs playing in the snow", "a bowl of ramen with eggs",
          "an old lighthouse at dusk", "children flying a kite on a beach", "a violin on a wooden table"]

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from safeclip_sdk.cli.main import cli
 from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
-from safeclip_sdk.index.search import SAFE, search
+from safeclip_sdk.index.search import search
+from safeclip_sdk.index.contract import SAFE
 from tests.test_search import TEXTS, _side_by_side, _source_of
 from tests.test_search import (  # noqa: F401 - collected here with this module's fixtures
     embedded, test_a_searcher_follows_the_alias, test_bad_input, test_image_queries,

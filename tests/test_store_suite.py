@@ -397,6 +397,7 @@ def test_delete_state_without_any_state_collection(tmp_path):
 
 # --- opening and faults ---
 
+@pytest.mark.service
 def test_a_folder_open_in_another_process_is_a_clear_error(tmp_path):
     folder = tmp_path / "db"
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -600,6 +601,7 @@ def test_server_errors_5xx_and_429_are_retried(failing_server, monkeypatch, capl
     assert marker not in "".join(traceback.format_exception(caught.value))
 
 
+@pytest.mark.slow
 def test_a_slow_server_times_out(failing_server):
     url, handler = failing_server
     _answer_with(handler, 200, delay=1.6)

@@ -166,6 +166,7 @@ def _logged_steps(run_dir):
     return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_ends_with_bitwise_the_same_weights(tmp_path, interrupted_run):
     # dropout on: the resumed run must also restore the random state to draw the same masks
     data = SyntheticQuadruplets(16)
@@ -309,6 +310,7 @@ def _free_port():
 
 
 @pytest.mark.slow
+@pytest.mark.service
 def test_two_process_ddp_matches_a_single_process_on_the_same_global_batch(tmp_path):
     # DDP alone, and DDP with 4 micro-batches of 1 item per rank: both equal one process taking
     # the global batch of 8 at once, all eight Safe-CLIP terms included; and HySAC, whose head

@@ -34,6 +34,7 @@ def _write_yaml(path, values):
     return path
 
 
+@pytest.mark.slow
 def test_train_writes_a_merged_model_folder_that_safeclip_and_open_clip_load(tiny_model_dir, world, tmp_path):
     cfg = _write_yaml(tmp_path / "cfg.yaml", _config(tiny_model_dir, world, tmp_path / "run"))
     result = train(cfg)
@@ -79,6 +80,7 @@ def test_text_only_data_drops_the_unsafe_image_terms(tiny_model_dir, world, tmp_
     assert "image_unsafe_cos" not in logged and "image_unsafe_contrastive" not in logged
 
 
+@pytest.mark.slow
 def test_cli_overrides_the_yaml_file_and_saves_the_effective_config(tiny_model_dir, world, tmp_path):
     cfg = _write_yaml(tmp_path / "cfg.yaml", _config(tiny_model_dir, world, tmp_path / "run"))
     outcome = CliRunner().invoke(cli, ["train", "-c", str(cfg), "--lr", "1e-4", "--set", "lora.rank=2",
@@ -93,6 +95,7 @@ def test_cli_overrides_the_yaml_file_and_saves_the_effective_config(tiny_model_d
     assert "model written to" in outcome.output
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_overwritten_without_resume(tiny_model_dir, world, tmp_path):
     cfg = _write_yaml(tmp_path / "cfg.yaml", _config(tiny_model_dir, world, tmp_path / "run"))
     train(cfg)
@@ -142,6 +145,7 @@ def test_a_run_that_died_before_its_first_checkpoint_is_not_reused_silently(tiny
     assert [record["step"] for record in logged] == [1, 2] and logged[0]["loss"] != 999.0
 
 
+@pytest.mark.slow
 def test_a_moved_run_folder_named_by_other_paths_resumes(tiny_model_dir, world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     relative_train = os.path.relpath(world["train"], tmp_path)
