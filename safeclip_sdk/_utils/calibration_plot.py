@@ -1,4 +1,4 @@
-"""The calibration curve of a HySAC threshold as one PNG (PIL only): ROC curves on the left,
+"""The calibration curve of an unsafe-score threshold as one PNG (PIL only): ROC curves on the left,
 accuracy against the threshold on the right, the chosen thresholds marked."""
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def encode_quadruplets(model: LoadedModel, items: Sequence[Quadruplet], *, batch
                        device: str | torch.device = "cpu", num_workers: int = 0,
                        desc: str = "encoding") -> EmbeddingSet:
     """Embed every caption and image of ``items`` with ``model`` (moved to ``device``) into its space:
-    unit rows for cosine models, Lorentz points (not normalised) for HySAC.
+    unit rows for cosine models, whatever another space's ``embed`` gives (not normalised).
 
     Unsafe images are embedded when every item has one; otherwise ``unsafe_image`` is None.
     """

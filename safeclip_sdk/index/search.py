@@ -259,8 +259,8 @@ def search(store: VectorStore | str | os.PathLike, collection: str, query, *,
         vector: which vector to search when the collection has several.
         max_score: keep only points whose moderation score is below this (or ``"threshold"``).
         timeout: seconds a server request may take (when ``store`` is a URL).
-        traversal: with a HySAC model, move unsafe queries back to the safe region first
-            (default); False searches with the query as it is.
+        traversal: apply the model's query transformation first (default; a hyperbolic model
+            moves unsafe queries back to the safe region); False searches with the query as it is.
     """
     given, store = store, open_store(store, timeout=timeout)
     try:

@@ -8,8 +8,9 @@
 Every backend gets the same pixels (``preprocess_image``, equal to open_clip's eval transform) and
 the same token ids (open_clip's tokenizers), and returns float32 embeddings in the model's space
 (``encoder.space``, read from ``safeclip.json`` or the export manifest): L2-normalised rows for
-cosine models, the space components of Lorentz points for HySAC (the hyperbolic projection runs
-in the torch runtime and inside the exported graphs alike).
+cosine models; for another space (a hyperbolic one, say) whatever its ``embed`` computes, in the
+torch runtime and inside the exported graphs alike. ``encoder.inference`` is what the model's
+method adds (classifier, query transformation; see ``safeclip_sdk.methods.inference``).
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ class TrainConfig:
     early_stopping_patience: int = 2
     resume: bool = False
     # The selected method's settings (an instance of its config class), written as the method's
-    # own section of the YAML file: `safe_clip:`, `safer_clip:`, `hysac:` ...
+    # own section of the YAML file (its `section`)
     method_config: Any = None
 
     def __post_init__(self):

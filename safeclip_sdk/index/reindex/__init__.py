@@ -58,7 +58,7 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
         mode: ``full`` (safe vectors replace the re-embedded ones under their names) or
             ``side-by-side`` (originals kept, safe vectors added as ``<name>_safe`` / ``safe``, plus the
             shift score in the payload under ``score_field``). A model whose space scores safety
-            itself (HySAC: distance from the origin) stores that score instead, in either mode.
+            itself (its method's classifier) stores that score instead, in either mode.
         image_field, image_root: payload field with an image path, resolved under ``image_root``.
         text_field: payload field with a text.
         vectors: which vector each source re-embeds, ``{"image": NAME, "text": NAME}`` or
