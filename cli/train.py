@@ -47,10 +47,13 @@ OPTION_KEYS = {
 @click.option("--num-workers", type=int, help="DataLoader worker processes.")
 @click.option("--skip-bad", is_flag=True, default=None, help="Skip bad dataset rows (listed in report.json).")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in OUTPUT_DIR from its last checkpoint.")
+@click.option("--require-safer", is_flag=True, default=None,
+              help="Exit non-zero when the verdict (the model against its base on the validation split) says the "
+                   "model is not safer; the model folder is written either way.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Any other config key, e.g. --set lora.alpha=32 (a method's settings: --set SECTION.key=value, "
                    "SECTION the method's config section, as in the recipes).")
-def command(config_file, skip_bad, resume, assignments, **options):
+def command(config_file, skip_bad, resume, require_safer, assignments, **options):
     """Fine-tune a base CLIP with a safety method and write a merged model folder.
 
     \b
@@ -64,9 +67,13 @@ def command(config_file, skip_bad, resume, assignments, **options):
         overrides["data.skip_bad"] = True
     if resume:
         overrides["resume"] = True
+    if require_safer:
+        overrides["require_safer"] = True
     overrides.update(parse_override(text) for text in assignments)
     result = train(config_file, **overrides)
     click.echo(f"model written to {result.model_dir}")
+    if result.verdict is not None:
+        click.echo(f"\n{result.verdict.table()}\n\nverdict: {result.verdict.headline()}")
     skipped = len(result.report["bad_rows"]["train"]) + len(result.report["bad_rows"]["val"])
     if skipped:
         click.echo(f"{skipped} bad rows skipped (listed in {result.run_dir / 'report.json'})")

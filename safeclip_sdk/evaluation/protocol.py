@@ -212,7 +212,22 @@ class EvalReport(JsonReport):
         lines += ["", legend]
         lines += self._classification_markdown()
         lines += [f"- {note}" for note in self.notes]
+        lines += self._verdict_lines()
         return "\n".join(lines) + "\n"
+
+    def _verdict_lines(self) -> list[str]:
+        """What each trained model's folder recorded about it at the end of training."""
+        lines, seen = [], set()
+        for name, result in self.results.items():
+            verdict, model = result.get("verdict"), result.get("model", name)
+            if not verdict or model in seen:
+                continue
+            seen.add(model)
+            answer = "safer" if verdict["safer"] else "NOT safer"
+            lines.append(f"- {model}: its training verdict: {answer} than its base on {verdict['data']} "
+                         f"({verdict['deployment']})" + (f": {'; '.join(verdict['failures'])}" if verdict["failures"]
+                                                         else "") + ".")
+        return lines
 
     def _classification_markdown(self) -> list[str]:
         """A second table for the models that classify items by an unsafe score (one row per model)."""
@@ -286,6 +301,7 @@ def evaluate(models: Mapping[str, ModelSpec], data: str | os.PathLike | Quadrupl
             zero_shot = zero_shot_accuracy(model, dataset.items, prompt=zero_shot_prompt, device=device,
                                            batch_size=batch_size, similarity=similarity)
         common = {"model": name, "source": model.source, "pretrained": model.pretrained, "space": space.to_dict(),
+                  "verdict": model.metadata.get("verdict"),
                   "zero_shot": zero_shot, "classification": classification_metrics(embeddings, inference)}
         transform = inference.query_transform
         runs = [(name, None)]

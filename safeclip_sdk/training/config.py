@@ -83,6 +83,9 @@ class TrainConfig:
     early_stopping_metric: str = "val_loss"
     early_stopping_patience: int = 2
     resume: bool = False
+    # End with an error when the verdict (the model measured against its base on the validation
+    # split, see safeclip_sdk.evaluation.verdict) says the model is not safer; the model is kept.
+    require_safer: bool = False
     # The selected method's settings (an instance of its config class), written as the method's
     # own section of the YAML file (its `section`)
     method_config: Any = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..evaluation.verdict import Verdict
 from ..methods import available_methods, get_method, method_sections
 
 BASE = ("base CLIP (no safety fine-tuning)", "A CLIP trained without safety fine-tuning.")
@@ -74,6 +75,10 @@ def render_model_card(metadata: dict[str, Any]) -> str:
         f"- {method} settings: {_method_settings(config, method) or 'defaults'}",
         f"- steps {metrics.get('steps')}, best validation step {metrics.get('best_step')}",
     ]
+    if metadata.get("verdict"):
+        verdict = Verdict.from_dict(metadata["verdict"])
+        lines += ["", "## Safety verdict", "", f"**{verdict.headline()}**.", "", verdict.table()]
+        lines += [f"- {note}" for note in verdict.notes]
     if validation:
         lines += ["", "## Validation (last epoch)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in validation.items() if isinstance(value, float)]

@@ -3,7 +3,9 @@
 Every method runs through the same pipeline (the hooks are described in
 :mod:`safeclip_sdk.methods.base`): load the data and the base model, add LoRA adapters, let the
 method prepare, train with the shared :class:`~safeclip_sdk.training.loop.Trainer`, merge the
-adapters and save the model with the method's own keys in ``safeclip.json``.
+adapters, measure the model against its base on the validation split (the verdict, see
+:mod:`safeclip_sdk.evaluation.verdict`) and save the model with the method's own keys and the
+verdict in ``safeclip.json`` and its model card.
 
 The run folder (``output_dir``) receives ``config.yaml`` (the effective config), checkpoints,
 ``train_log.jsonl``, ``report.json`` and, at the end, ``model/``: merged weights in safetensors,
@@ -21,15 +23,18 @@ from typing import Any
 
 import torch
 
+from .._utils.devices import resolve_device
+from .._utils.files import atomic_write_text
 from .._utils.version import __version__
+from ..data.quadruplets import QuadrupletSet
+from ..errors import SafeclipError
+from ..evaluation.verdict import Verdict, judge
+from ..model.folder import LoadedModel, load_model, save_model_dir
 from .checkpoint import has_checkpoints
 from .config import TrainConfig, load_config, save_config, to_dict, validate_config
 from .ddp import DistributedContext, init_distributed, shutdown_distributed
-from ..errors import SafeclipError
-from ..model.folder import LoadedModel, load_model, save_model_dir
-from .._utils.files import atomic_write_text
-from .._utils.devices import resolve_device
 from .loop import Trainer, TrainingProgress
+from .model_card import render_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ class TrainResult:
     run_dir: Path
     progress: TrainingProgress
     report: dict[str, Any]
+    verdict: Verdict | None = None  # None on ranks other than the main one
 
 
 def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> TrainResult:
@@ -125,13 +131,36 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
         "seconds": round(time.time() - started, 1), "world_size": context.world_size,
     }
     model_dir = run_dir / "model"
+    verdict = None
     if context.is_main:
         method_metadata = method.finish(run, merged)
-        _save_trained_model(model_dir, base, merged, config, report, method_metadata)
+        metadata = _model_metadata(config, report, method_metadata)
+        verdict = _verdict(config, base, merged, metadata, val_set or train_set, device, held_out=val_set is not None)
+        metadata["verdict"] = report["verdict"] = verdict.to_dict()
+        save_model_dir(model_dir, merged, base.model_cfg, base.preprocess_cfg, metadata=metadata,
+                       model_card=render_model_card(metadata))
         atomic_write_text(run_dir / "report.json", _json(report))
+        logger.info("verdict on %s:\n%s", verdict.data, verdict.table())
+        if not verdict.safer:
+            logger.warning("the model is %s", verdict.headline())
     if context.enabled:
         torch.distributed.barrier()
-    return TrainResult(model_dir, run_dir, progress, report)
+    if config.require_safer and verdict is not None and not verdict.safer:
+        raise SafeclipError(f"{model_dir}: {verdict.headline()} (--require-safer; the model folder is kept)")
+    return TrainResult(model_dir, run_dir, progress, report, verdict)
+
+
+def _verdict(config: TrainConfig, base: LoadedModel, merged: torch.nn.Module, metadata: dict[str, Any],
+             data: QuadrupletSet, device: torch.device, *, held_out: bool) -> Verdict:
+    """The merged model against a freshly loaded base (LoRA changed ``base.model`` in place)."""
+    model = LoadedModel(merged, base.model_cfg, base.preprocess_cfg, "trained model", None, metadata)
+    original = load_model(config.base_model, config.pretrained, device=device)
+    notes = [] if held_out else ["no validation split: measured on the TRAINING data, so the figures are optimistic"]
+    batch_size = max(1, config.batch_size // config.grad_accum_steps)
+    verdict = judge(model, original, data.items, data=str(data.path), device=device, batch_size=batch_size,
+                    notes=notes)
+    del original
+    return verdict
 
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, context: DistributedContext,
@@ -171,11 +200,9 @@ def _same_setting(key: str, saved: Any, current: Any) -> bool:
     return False
 
 
-def _save_trained_model(model_dir: Path, base: LoadedModel, merged: torch.nn.Module, config: TrainConfig,
-                        report: dict[str, Any], method_metadata: dict[str, Any]) -> None:
-    from .model_card import render_model_card
-
-    metadata = {
+def _model_metadata(config: TrainConfig, report: dict[str, Any], method_metadata: dict[str, Any]) -> dict[str, Any]:
+    """``safeclip.json`` of the trained model (the verdict is added once measured)."""
+    return {
         "safeclip_version": __version__,
         "method": config.method,
         "base_model": {"source": config.base_model, "pretrained": config.pretrained},
@@ -186,8 +213,6 @@ def _save_trained_model(model_dir: Path, base: LoadedModel, merged: torch.nn.Mod
                     "validation": report["history"][-1] if report["history"] else None},
         **method_metadata,
     }
-    save_model_dir(model_dir, merged, base.model_cfg, base.preprocess_cfg, metadata=metadata,
-                   model_card=render_model_card(metadata))
 
 
 def _flatten(values: dict[str, Any], prefix: str = "", new_method: str | None = None) -> dict[str, Any]:
