@@ -10,7 +10,7 @@ import torch
 from safeclip_sdk.errors import SafeclipError
 from safeclip_sdk.methods.hysac import lorentz as L
 from safeclip_sdk.methods.hysac.losses import (TERMS, HySACEmbeddings, HySACHead, hysac_loss,
-                                               lorentz_contrastive_loss)
+                                               lorentz_contrastive_loss, radial_margin_loss)
 
 
 def _on_a_line(distances: list[float], curv: float) -> torch.Tensor:
@@ -48,7 +48,7 @@ def _batch(seed: int = 0, size: int = 6, dim: int = 8, with_unsafe_images: bool 
                            image_unsafe=points() if with_unsafe_images else None)
 
 
-def test_hysac_loss_is_the_equal_weight_mean_of_its_seven_terms():
+def test_hysac_loss_is_the_equal_weight_mean_of_its_terms():
     emb = _batch()
     total, terms = hysac_loss(emb, 1.0, 10.0)
     assert list(terms) == list(TERMS)
@@ -58,15 +58,29 @@ def test_hysac_loss_is_the_equal_weight_mean_of_its_seven_terms():
                                lorentz_contrastive_loss(emb.text_unsafe, emb.image_safe, 1.0, 10.0))
     torch.testing.assert_close(terms["entailment_safe_image_unsafe_text"],
                                L.entailment_loss(emb.image_safe, emb.text_unsafe, 1.0))
+    torch.testing.assert_close(terms["radial_image"], radial_margin_loss(emb.image_safe, emb.image_unsafe, 1.0, 0.1))
     assert all(not value.requires_grad for value in terms.values())
+
+
+def test_radial_term_by_hand():
+    # safe points at distances 1 and 2, unsafe twins at 1.5 and 2.05: margin 0.1 leaves 0 and 0.05
+    curv = 0.7
+    safe, unsafe = _on_a_line([1.0, 2.0], curv), _on_a_line([1.5, 2.05], curv)
+    torch.testing.assert_close(radial_margin_loss(safe, unsafe, curv, 0.1), torch.tensor(0.025, dtype=torch.float64),
+                               check_dtype=False)
+    # it pulls the unsafe point outwards and the safe one inwards, nothing once the margin holds
+    unsafe.requires_grad_(True)
+    radial_margin_loss(safe, unsafe, curv, 0.1).backward()
+    outward = unsafe.grad[1] @ unsafe.detach()[1]
+    assert outward < 0 and torch.all(unsafe.grad[0] == 0)
 
 
 def test_text_only_batches_drop_the_unsafe_image_terms_and_keep_the_scale():
     emb = _batch(with_unsafe_images=False)
     total, terms = hysac_loss(emb, 1.0, 10.0)
     assert set(terms) == {"contrastive_safe", "contrastive_unsafe_text_safe_image", "entailment_safe",
-                          "entailment_safe_image_unsafe_text"}
-    torch.testing.assert_close(total, sum(terms.values()) / 7)
+                          "entailment_safe_image_unsafe_text", "radial_text"}
+    torch.testing.assert_close(total, sum(terms.values()) / len(TERMS))
 
 
 def test_custom_weights_are_normalised_once_and_checked():
@@ -74,7 +88,7 @@ def test_custom_weights_are_normalised_once_and_checked():
     # terms not named keep weight 1
     total, terms = hysac_loss(emb, 1.0, 10.0, weights={"contrastive_safe": 2.0, "entailment_unsafe": 0.0})
     rest = sum(value for name, value in terms.items() if name not in ("contrastive_safe", "entailment_unsafe"))
-    torch.testing.assert_close(total, (2.0 * terms["contrastive_safe"] + rest) / 7.0)
+    torch.testing.assert_close(total, (2.0 * terms["contrastive_safe"] + rest) / len(TERMS))
     with pytest.raises(SafeclipError, match="unknown term 'contrastive'"):
         hysac_loss(emb, 1.0, 10.0, weights={"contrastive": 1.0})
     with pytest.raises(SafeclipError, match="entailment_safe"):

@@ -9,6 +9,8 @@ from typing import ClassVar, Literal
 from ...errors import SafeclipError
 from .losses import TERMS, _normalized_weights
 
+DEFAULT_RADIAL_WEIGHTS = {"radial_text": 20.0, "radial_image": 20.0}
+
 
 @dataclass
 class TraversalConfig:
@@ -16,7 +18,9 @@ class TraversalConfig:
     from the origin of class ``target`` (on the calibration split), plus ``margin``."""
 
     target: Literal["image_safe", "text_safe"] = "image_safe"
-    statistic: Literal["mean", "p05", "p95"] = "p95"
+    # the mean, not the reference's p95: measured on the demo world, p95 leaves a text query beyond
+    # the safe images' usual distance and its unsafe results with it (docs/methods.md)
+    statistic: Literal["mean", "p05", "p95"] = "mean"
     margin: float = 0.0
 
 
@@ -28,8 +32,11 @@ class HySACConfig:
     max_logit_scale: float = 100.0
     min_radius: float = 0.1         # K of the entailment cone's half-aperture
     aperture_scale: float = 1.0     # eta: how far outside the cone the entailment loss starts
-    # the seven terms, equal by default; divided once by their sum
-    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TERMS, 1.0))
+    radial_margin: float = 0.5      # how much further from the origin an unsafe item must lie than its safe twin
+    # the reference's seven terms equal, the two radial ones (ours) 20 each; divided once by their sum.
+    # Chosen by measurement on the demo world (docs/methods.md): radial 0 leaves the classifier below a
+    # coin after the demo's 138 steps, 20 with margin 0.5 reaches ROC AUC 1.0 (texts) and 0.90 (images).
+    weights: dict[str, float] = field(default_factory=lambda: {**dict.fromkeys(TERMS, 1.0), **DEFAULT_RADIAL_WEIGHTS})
     # how the unsafe threshold is chosen on the calibration split
     calibration_objective: Literal["balanced_accuracy", "accuracy"] = "balanced_accuracy"
     traversal: TraversalConfig = field(default_factory=TraversalConfig)

@@ -61,6 +61,7 @@ class HySAC(Method):
         self.head = HySACHead(run.embed_dim, curv_init=settings.curv_init, learn_curv=settings.learn_curv,
                               logit_scale_init=settings.logit_scale_init, max_logit_scale=settings.max_logit_scale,
                               min_radius=settings.min_radius, aperture_scale=settings.aperture_scale,
+                              radial_margin=settings.radial_margin,
                               weights=dict(settings.weights))
 
     def objective(self, run: TrainingRun) -> HySACObjective:
