@@ -11,6 +11,7 @@ import torch
 
 from safeclip_sdk.errors import SafeclipError
 from safeclip_sdk.methods.losses import contrastive_loss
+from safeclip_sdk.methods.safer_clip.config import SaferClipConfig
 from safeclip_sdk.methods.safer_clip.curriculum import Curriculum
 from safeclip_sdk.methods.safer_clip.losses import (TERMS, SaferClipEmbeddings, SaferClipLoss,
                                                     relative_redirection_loss)
@@ -236,6 +237,20 @@ def test_relative_redirection_by_hand():
     # row 0: cos(anchor, negative) = 0, cos(anchor, positive) = 1; row 1: both 1/sqrt(2)
     expected = 0.5 * (math.log1p(math.exp(-1.0)) + math.log(2.0))
     torch.testing.assert_close(relative_redirection_loss(anchor, positive, negative), torch.tensor(expected))
+    # a temperature divides the cosine difference: row 0 becomes softplus(-1 / 0.1)
+    expected = 0.5 * (math.log1p(math.exp(-10.0)) + math.log(2.0))
+    torch.testing.assert_close(relative_redirection_loss(anchor, positive, negative, 0.1), torch.tensor(expected))
+
+
+def test_the_default_relative_temperature_makes_the_redirection_gradient_comparable_to_the_contrastive_terms():
+    anchor = torch.nn.functional.normalize(torch.randn(16, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    positive, negative = anchor.roll(1, 0), anchor.roll(2, 0)
+    gradients = {}
+    for tau in (1.0, SaferClipConfig().relative_tau):
+        weights = anchor.clone().requires_grad_(True)
+        relative_redirection_loss(weights, positive, negative, tau).backward()
+        gradients[tau] = weights.grad.norm().item()
+    assert gradients[SaferClipConfig().relative_tau] > 5 * gradients[1.0]
 
 
 def _hand_batch(with_images: bool = True) -> SaferClipEmbeddings:
@@ -312,6 +327,8 @@ def test_loss_rejects_bad_settings_in_one_line():
         SaferClipLoss({"text_relative": -1.0})
     with pytest.raises(SafeclipError, match="tau"):
         SaferClipLoss(tau=0.0)
+    with pytest.raises(SafeclipError, match="relative_tau"):
+        SaferClipLoss(relative_tau=-1.0)
     with pytest.raises(SafeclipError, match="normalization: 'mean'"):
         SaferClipLoss(normalization="mean")
 

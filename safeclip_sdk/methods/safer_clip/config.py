@@ -26,6 +26,9 @@ class CurriculumConfig:
 @dataclass
 class SaferClipConfig:
     tau: float = 0.01  # temperature of the two contrastive preservation terms
+    # temperature of the two relative redirection terms (the paper's description has none, i.e. 1;
+    # see losses.py for why it is not learned then)
+    relative_tau: float = 0.05
     # the paper publishes no weights: every term 1, divided once by their sum ("sum") or as given ("none")
     weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TERMS, 1.0))
     normalization: Literal["sum", "none"] = "sum"
@@ -35,7 +38,7 @@ class SaferClipConfig:
     cache_dir: str | None = None
     target_batch_size: int = 256  # captions per frozen-encoder call in the target pass
 
-    POSITIVE: ClassVar[set[str]] = {"tau"}
+    POSITIVE: ClassVar[set[str]] = {"tau", "relative_tau"}
     AT_LEAST: ClassVar[dict[str, int]] = {"target_batch_size": 1}
 
     def validate(self, section: str) -> None:

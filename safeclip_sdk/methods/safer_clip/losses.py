@@ -6,8 +6,13 @@ see :mod:`.targets`). The terms:
 
 - relative redirection, a softplus margin whose only negative is the item's own unsafe
   counterpart, so other plausible safe items are not pushed away:
-  image side ``softplus(cos(V(v*), T0(t*)) - cos(V(v*), T0(target text)))``, text side
-  ``softplus(cos(T(t*), V0(v*)) - cos(T(t*), V0(target image)))``;
+  image side ``softplus((cos(V(v*), T0(t*)) - cos(V(v*), T0(target text))) / tau_r)``, text side
+  ``softplus((cos(T(t*), V0(v*)) - cos(T(t*), V0(target image))) / tau_r)``. The published
+  description writes it without a temperature (``tau_r = 1``); then a cosine difference near 0
+  gives the term a gradient of about half a cosine's while the contrastive preservation terms are
+  scaled by ``1/tau = 100``, and the redirection is not learned (measured: the term stays at
+  ``softplus(0) = 0.69``). ``relative_tau`` (default 0.05, chosen by measurement on the demo world)
+  puts it on the scale of the other cross-modal terms;
 - proximity redirection within each modality: ``1 - cos(T(t*), T0(target text))`` and
   ``1 - cos(V(v*), V0(target image))``;
 - Safe-CLIP's preservation: ``1 - cos(T(t), T0(t))``, ``1 - cos(V(v), V0(v))`` and the
@@ -50,9 +55,9 @@ def _cosine(a: Tensor, b: Tensor) -> Tensor:
     return F.cosine_similarity(a.to(dtype), b.to(dtype), dim=-1, eps=1e-12)
 
 
-def relative_redirection_loss(anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
-    """Mean over rows of ``softplus(cos(anchor, negative) - cos(anchor, positive))``."""
-    return F.softplus(_cosine(anchor, negative) - _cosine(anchor, positive)).mean()
+def relative_redirection_loss(anchor: Tensor, positive: Tensor, negative: Tensor, tau: float = 1.0) -> Tensor:
+    """Mean over rows of ``softplus((cos(anchor, negative) - cos(anchor, positive)) / tau)``."""
+    return F.softplus((_cosine(anchor, negative) - _cosine(anchor, positive)) / tau).mean()
 
 
 @dataclass
@@ -87,11 +92,13 @@ class SaferClipLoss(torch.nn.Module):
     """
 
     def __init__(self, weights: dict[str, float] | None = None, *, tau: float = 0.01,
-                 normalization: str = "sum"):
+                 normalization: str = "sum", relative_tau: float = 1.0):
         super().__init__()
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
-            raise SafeclipError(f"safer-clip tau: must be a positive number, got {tau!r}")
+        for name, value in (("tau", tau), ("relative_tau", relative_tau)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise SafeclipError(f"safer-clip {name}: must be a positive number, got {value!r}")
         self.tau = float(tau)
+        self.relative_tau = float(relative_tau)
         values = _validated_weights(weights)
         if normalization == "sum":
             total = sum(values.values())
@@ -117,7 +124,7 @@ class SaferClipLoss(torch.nn.Module):
                 continue
             inputs = [value if field in _TRAINED else value.detach() for field, value in zip(fields, inputs)]
             if kind == "relative":
-                terms[name] = relative_redirection_loss(*inputs)
+                terms[name] = relative_redirection_loss(*inputs, self.relative_tau)
             elif kind == "cos":
                 terms[name] = cosine_distance(*inputs)
             else:

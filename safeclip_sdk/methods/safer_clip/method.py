@@ -99,7 +99,8 @@ class SaferClip(Method):
 
     def objective(self, run: TrainingRun) -> SaferClipObjective:
         settings = self.method_config
-        loss = SaferClipLoss(settings.weights, tau=settings.tau, normalization=settings.normalization)
+        loss = SaferClipLoss(settings.weights, tau=settings.tau, normalization=settings.normalization,
+                             relative_tau=settings.relative_tau)
         return SaferClipObjective(run.reference, loss, train_image_tower=run.train_image_tower)
 
     def epoch_items(self, epoch: int) -> np.ndarray:
