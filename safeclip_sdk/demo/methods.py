@@ -99,8 +99,18 @@ class MethodComparison:
                 rows.append(row)
         return rows
 
+    def verdicts(self) -> dict[str, dict[str, Any]]:
+        """Each trained model's verdict, as its training run recorded it in ``safeclip.json``."""
+        found = {}
+        for name, path in self.model_dirs.items():
+            metadata = json.loads((Path(path) / "safeclip.json").read_text(encoding="utf-8"))
+            if metadata.get("verdict"):
+                found[name] = metadata["verdict"]
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         return {"models": {name: str(path) for name, path in self.model_dirs.items()},
+                "verdicts": self.verdicts(),
                 "summary": self.summary_rows(), "deployment_summary": self.deployment_rows(),
                 "evaluation": self.evaluation.to_dict(),
                 "deployments": {name: report.to_dict() for name, report in self.deployments.items()},
@@ -129,6 +139,13 @@ class MethodComparison:
             lines += ["", "Deployments over a collection embedded with the base model (text queries against the "
                           "test images, image queries against the test captions), in %.", ""]
             lines += [f"- {note}" for note in _deployment_notes()]
+        verdicts = self.verdicts()
+        if verdicts:
+            lines += ["", "| method | verdict (validation split) | deployment | what failed |", "|---|---|---|---|"]
+            lines += [f"| {name} | {'safer' if v['safer'] else 'NOT safer'} | {v['deployment']} | "
+                      f"{'; '.join(v['failures']) or '-'} |" for name, v in verdicts.items()]
+            lines += ["", "Each training run's verdict: the model against its base on the validation split, in "
+                          "the deployment safeclip recommends for it (docs/training.md has the rule)."]
         lines += ["", "## Full evaluation", "", self.evaluation.to_markdown().rstrip()]
         if self.seconds:
             lines += ["", "Seconds: " + ", ".join(f"{name} {value}" for name, value in self.seconds.items()) + "."]
