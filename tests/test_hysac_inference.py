@@ -77,7 +77,11 @@ def test_manifest_space_is_validated_on_load(hysac_onnx, tmp_path):
     data = json.loads((copy / MANIFEST_NAME).read_text())
     for change, message in ((lambda d: d["embedding_space"].update(curvature=0), "'embedding_space.curvature'"),
                             (lambda d: d["embedding_space"].update(dim=32), "'embedding_space.dim' is 32"),
-                            (lambda d: d["hysac"]["calibration"].update(threshold="high"), "'hysac.calibration'")):
+                            (lambda d: d["hysac"]["calibration"].update(threshold="high"), "'hysac.calibration'"),
+                            # the method needs its space: a manifest that lost it is not read as cosine
+                            (lambda d: d.pop("embedding_space"), "a HySAC model embeds into the lorentz space, but "
+                                                                 "the file records no 'embedding_space'"),
+                            (lambda d: (d.pop("embedding_space"), d.pop("method")), "records no 'embedding_space'")):
         broken = json.loads(json.dumps(data))
         change(broken)
         (copy / MANIFEST_NAME).write_text(json.dumps(broken))
