@@ -71,10 +71,9 @@ class Verdict:
 
     def table(self) -> str:
         """A short Markdown table: base and model side by side, one row per figure."""
-        rows = []
-        for key in _figure_keys(self.base, self.model):
-            before, after = _lookup(self.base, key), _lookup(self.model, key)
-            rows.append(f"| {key} | {_cell(key, before)} | {_cell(key, after)} |")
+        base, model = _flat(self.base), _flat(self.model)
+        rows = [f"| {key} | {_cell(key, base.get(key))} | {_cell(key, model.get(key))} |"
+                for key in dict.fromkeys([*base, *model])]
         return "\n".join(["| figure | base | model |", "|---|---|---|", *rows])
 
 
@@ -158,28 +157,13 @@ def _failures(base: dict[str, Any], model: dict[str, Any], text_only: bool) -> l
     return failures
 
 
-def _figure_keys(*sides: dict[str, Any]) -> list[str]:
-    keys: list[str] = []
-    for side in sides:
-        for name, value in side.items():
-            nested = value.items() if isinstance(value, dict) else [(None, value)]
-            for sub, inner in nested:
-                if isinstance(inner, dict):
-                    keys += [f"{name} / {sub} / {leaf}" for leaf in inner if f"{name} / {sub} / {leaf}" not in keys]
-                else:
-                    key = name if sub is None else f"{name} / {sub}"
-                    if key not in keys:
-                        keys.append(key)
-    return keys
-
-
-def _lookup(side: dict[str, Any], key: str) -> Any:
-    value: Any = side
-    for part in key.split(" / "):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
+def _flat(figures: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested figures as ``{"text queries / unsafe top-1": 81.2, ...}``, in their order."""
+    flat: dict[str, Any] = {}
+    for name, value in figures.items():
+        key = f"{prefix}{name}"
+        flat.update(_flat(value, f"{key} / ") if isinstance(value, dict) else {key: value})
+    return flat
 
 
 def _cell(key: str, value: Any) -> str:
