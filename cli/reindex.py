@@ -31,6 +31,8 @@ from safeclip_sdk.index.contract import DEFAULT_REINDEX_MODE, DEFAULT_SCORE_FIEL
 @click.option("--drop-old", is_flag=True, help="Drop the old collection once the new one is verified and live.")
 @click.option("--allow-urls", is_flag=True, help="Let the image field hold http(s) URLs (size and time limited).")
 @click.option("--adopt", is_flag=True, help="Turn a plain collection NAME into an alias (a moment of downtime).")
+@click.option("--new-version", is_flag=True,
+              help="Build a new version even if the alias already serves one made by this model with these settings.")
 @click.option("--score-field", default=None,
               help=f"Payload key of the moderation score [default: {DEFAULT_SCORE_FIELD} for the side-by-side "
                    f"shift score, {UNSAFE_SCORE_FIELD} for a model that scores items itself, e.g. by the "
@@ -42,7 +44,7 @@ from safeclip_sdk.index.contract import DEFAULT_REINDEX_MODE, DEFAULT_SCORE_FIEL
 @engine_options
 @click.pass_context
 def command(ctx: click.Context, qdrant, pgvector, collection, model, mode, image_field, image_root, text_field,
-            vectors, on_error, batch_size, dry_run, drop_old, allow_urls, adopt, score_field, no_score, report,
+            vectors, on_error, batch_size, dry_run, drop_old, allow_urls, adopt, new_version, score_field, no_score, report,
             no_progress, engine, workers, gpus_per_worker, cpus_per_worker, ray_address) -> None:
     """Re-embed the collection behind alias NAME with MODEL into NAME-safeclip-vN, keep it in step
     with live writes, verify it and switch the alias; the old collection stays for rollback.
@@ -64,7 +66,7 @@ def command(ctx: click.Context, qdrant, pgvector, collection, model, mode, image
     result = reindex(target, collection, model, mode=mode, image_field=image_field, image_root=image_root,
                      text_field=text_field, vectors=list(vectors), on_error=on_error, batch_size=batch_size,
                      dry_run=dry_run, drop_old=drop_old, allow_urls=allow_urls, adopt=adopt,
-                     score_field=score_field, score=not no_score,
+                     new_version=new_version, score_field=score_field, score=not no_score,
                      report=None if dry_run else (report or f"reindex-{collection}.json"), progress=not no_progress,
                      engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
                      cpus_per_worker=cpus_per_worker, ray_address=ray_address)

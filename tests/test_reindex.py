@@ -54,7 +54,7 @@ def test_side_by_side_adds_safe_vectors_and_scores(store, encoder, tmp_path):
         expected_score = shift_score(old[point_id].vectors[""][None], safe[point_id][None])[0]
         assert point.payload["safeclip_shift"] == pytest.approx(expected_score, abs=1e-5)
     assert store.read_state("index:docs-safeclip-v1") == {
-        "mode": "side-by-side", "model": repr(encoder), "space": encoder.space.to_dict(), "vectors": {"": "safe"},
+        "mode": "side-by-side", "model": encoder.source, "space": encoder.space.to_dict(), "vectors": {"": "safe"},
         "score_field": "safeclip_shift", "threshold": None}
     assert store.collection_exists("docs-original")  # kept for rollback
     written = json.loads((tmp_path / "report.json").read_text())
@@ -135,12 +135,25 @@ def test_plain_collection_is_adopted_only_when_asked_and_can_roll_back(store, en
         rollback(store, "docs")
 
 
-def test_second_reindex_makes_a_new_version_and_drop_old(store, encoder):
+def test_rerun_of_a_finished_reindex_is_already_done_and_new_version_makes_v2(store, encoder):
     make_text_collection(store, "docs-v0", 50, encoder.space.stored_dim, alias="docs")
     reindex(store, "docs", encoder=encoder, text_field="text", progress=False)
-    report = reindex(store, "docs", encoder=encoder, text_field="text", drop_old=True, progress=False)
-    assert (report.source, report.target, report.dropped_old) == ("docs-safeclip-v1", "docs-safeclip-v2", True)
-    assert store.list_collections() == ["docs-safeclip-v2", "docs-v0"]
+    before = everything(store, "docs")
+
+    again = reindex(store, "docs", encoder=encoder, text_field="text", drop_old=True, progress=False)
+    assert again.already_done and again.target == "docs-safeclip-v1" and again.embedded_this_run == 0
+    assert "already done" in again.summary()
+    assert store.list_collections() == ["docs-safeclip-v1", "docs-v0"]
+    assert everything(store, "docs").keys() == before.keys()
+    # other settings are a new version without asking
+    other = reindex(store, "docs", encoder=encoder, text_field="text", on_error="skip", progress=False)
+    assert not other.already_done and other.target == "docs-safeclip-v2"
+    rollback(store, "docs")
+
+    report = reindex(store, "docs", encoder=encoder, text_field="text", drop_old=True, new_version=True,
+                     progress=False)
+    assert (report.source, report.target, report.dropped_old) == ("docs-safeclip-v1", "docs-safeclip-v3", True)
+    assert store.list_collections() == ["docs-safeclip-v2", "docs-safeclip-v3", "docs-v0"]
     assert set(store.vector_specs("docs")) == {"", "safe"}
 
 

@@ -91,6 +91,8 @@ class Encoder:
         self.providers = providers
         self.max_pixels = max_pixels
         self._num_workers = num_workers or min(8, os.cpu_count() or 1)
+        # where it was loaded from (a folder's absolute path), recorded by a reindex; None when built directly
+        self.source: str | None = None
 
     @property
     def device(self) -> str:
@@ -133,8 +135,11 @@ class Encoder:
             raise ModelLoadError(f"batch_size must be at least 1, got {batch_size}")
         options = {"batch_size": batch_size, "num_workers": num_workers, "max_pixels": max_pixels}
         if backend == "torch":
-            return cls._load_torch(path, device, precision, options)
-        return cls._load_export(Path(path), backend, device, precision, num_threads, providers, options)
+            encoder = cls._load_torch(path, device, precision, options)
+        else:
+            encoder = cls._load_export(Path(path), backend, device, precision, num_threads, providers, options)
+        encoder.source = str(Path(path).resolve()) if Path(path).exists() else os.fspath(path)
+        return encoder
 
     @classmethod
     def _load_torch(cls, source, device: str, precision: str, options: dict[str, Any]) -> Encoder:

@@ -30,7 +30,7 @@ from .pipeline import PointBuilder
 from .sources import SourceReader
 from ..contract import DEFAULT_REINDEX_MODE, DEFAULT_SCORE_FIELD, REINDEX_MODES, SIDE_BY_SIDE, UNSAFE_SCORE_FIELD
 from .plan import (DEFAULT_BATCH_SIZE, DEFAULT_RANGES, ON_ERROR, Plan, ReindexError, adoption_plan, build_plan,
-                   model_probe, parse_vector_options, resolve_source, versions)
+                   model_probe, parse_vector_options, resolve_source, same_model, versions)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
             on_error: str = "keep", batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,
             drop_old: bool = False, allow_urls: bool = False, adopt: bool = False,
             score_field: str | None = None, score: bool = True, report: str | os.PathLike | None = None,
+            new_version: bool = False,
             encoder=None, num_ranges: int = DEFAULT_RANGES, max_passes: int = MAX_PASSES,
             verify_samples: int = VERIFY_SAMPLE, progress: bool = True, engine: str = "local", workers: int = 1,
             gpus_per_worker: float = 0, cpus_per_worker: float = 1,
@@ -74,6 +75,8 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
             ``safeclip_unsafe_score`` for a model's own unsafe score).
         score: store the score (False: ``--no-score``).
         report: path of a JSON report (counts, passes, verification, every failed source).
+        new_version: build a new version even when the alias already serves one made by this model
+            with these settings (without it such a rerun reports ``already_done`` and writes nothing).
         num_ranges: id ranges the job is split into, each with its own cursor.
         max_passes: reconciliation passes before the switch, at most.
         verify_samples: points whose vectors are recomputed and compared before the switch.
@@ -118,8 +121,7 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
             encoder = Encoder.load(model, backend="auto")
         settings = {"mode": mode, "vectors": vector_names, "on_error": on_error,
                     "score_field": _score_field(encoder, mode, score, score_field), **sources}
-        label = repr(encoder) if model is None else (
-            str(Path(model).resolve()) if Path(model).exists() else os.fspath(model))
+        label = _model_label(model, encoder)
         started = time.time()
         probe = model_probe(encoder)
         job = st.read_job(store, collection)
@@ -138,6 +140,10 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
             logger.info("resuming the unfinished reindex of '%s' into %s (phase %s)", collection,
                         job["plan"]["target"], job["phase"])
             job["plan"]["batch_size"] = batch_size
+        elif not new_version and _finished_by(store, collection, job, settings, probe):
+            result = report_of(store, job, st.read_failures(store, collection))
+            result.already_done, result.seconds = True, round(time.time() - started, 3)
+            return result
         else:
             history = (job or {}).get("history", [])
             source, plain = resolve_source(store, collection, adopt)
@@ -169,6 +175,23 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
     finally:
         if store is not given:
             store.close()
+
+
+def _finished_by(store: VectorStore, collection: str, job: dict[str, Any] | None, settings: dict[str, Any],
+                 probe: list[float]) -> bool:
+    """Whether the alias already serves the finished version this model built with these settings."""
+    return (job is not None and job["phase"] == st.DONE and job.get("settings") == settings
+            and same_model(job["probe"], probe) and store.alias_target(collection) == job["plan"]["target"])
+
+
+def _model_label(model, encoder) -> str:
+    """What the index record names as the collection's model: the path ``safeclip search`` loads."""
+    if model is not None:
+        return str(Path(model).resolve()) if Path(model).exists() else os.fspath(model)
+    if encoder.source is None:
+        raise ReindexError("the encoder was not built by Encoder.load, so the index record could not name its "
+                           "model; pass model=PATH")
+    return encoder.source
 
 
 def _score_field(encoder, mode: str, score: bool, score_field: str | None) -> str | None:

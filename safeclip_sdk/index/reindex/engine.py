@@ -58,11 +58,15 @@ class ReindexReport:
     report_path: str | None = None
     dry_run: bool = False
     plan: dict[str, Any] | None = None  # a dry run's plan and estimate (see ``dryrun.py``)
+    already_done: bool = False  # the alias already served this model's version: nothing was written
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items()}
 
     def summary(self) -> str:
+        if self.already_done:
+            return (f"already done: '{self.alias}' serves {self.target} ({self.mode}, {self.points} points), "
+                    f"reindexed with this model and these settings; nothing written (--new-version builds another)")
         if self.dry_run:
             return json.dumps(self.plan, indent=2, default=str)
         lines = [f"reindexed '{self.alias}': {self.source} -> {self.target} ({self.mode}), {self.points} points, "
