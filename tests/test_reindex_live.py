@@ -11,7 +11,7 @@ import pytest
 from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import Point
-from safeclip_sdk.index.reindex import reindex
+from safeclip_sdk.index.reindex import complete_point, reindex
 from safeclip_sdk.index.reindex.pipeline import PointBuilder
 from safeclip_sdk.index.reindex.plan import Plan
 from safeclip_sdk.index.reindex.reconcile import final_pass, id_key, payload_hash, reconcile_pass
@@ -29,9 +29,12 @@ class Writer(threading.Thread):
     """The application: random upserts (new ids, some below the copy's cursor), payload changes and
     deletes through the alias, until told to stop. ``state`` is what it believes the collection holds."""
 
-    def __init__(self, store, alias: str, state: dict[int, dict], dim: int, seed: int):
+    def __init__(self, store, alias: str, state: dict[int, dict], dim: int, seed: int, complete_with=None):
         super().__init__(daemon=True)
         self.store, self.alias, self.state, self.dim = store, alias, dict(state), dim
+        # an Encoder: every write goes through complete_point (the documented write path of a
+        # reindexed collection), half of them with the vectors as plain lists
+        self.complete_with = complete_with
         self.random = random.Random(seed)
         self.vectors = np.random.default_rng(seed)
         self.stop = threading.Event()
@@ -54,12 +57,12 @@ class Writer(threading.Thread):
         if action < 0.4 or not existing:
             point_id = self.random.randrange(1, 900, 2)  # odd ids: the collection has the even ones
             payload = {"text": text_of(point_id + 1000 * self.writes), "n": point_id}
-            self.store.upsert(self.alias, [Point(point_id, payload, {"": original_vector(self.vectors, self.dim)})])
+            self.upsert(Point(point_id, payload, {"": original_vector(self.vectors, self.dim)}))
             self.state[point_id] = payload
         elif action < 0.75:
             point_id = self.random.choice(existing)
             payload = {"text": text_of(point_id + 1000 * self.writes), "n": point_id, "edited": self.writes}
-            self.store.upsert(self.alias, [Point(point_id, payload, {"": original_vector(self.vectors, self.dim)})])
+            self.upsert(Point(point_id, payload, {"": original_vector(self.vectors, self.dim)}))
             self.state[point_id] = payload
         else:
             # deletes of points that were there before the reindex: deleting a point the writer
@@ -76,6 +79,14 @@ class Writer(threading.Thread):
             self.before_switch.add(point_id)
         else:
             self.before_switch.discard(point_id)
+
+
+    def upsert(self, point: Point):
+        if self.complete_with is not None:
+            if self.writes % 2:
+                point = Point(point.id, point.payload, {name: v.tolist() for name, v in point.vectors.items()})
+            point = complete_point(self.store, self.alias, point, self.complete_with)
+        self.store.upsert(self.alias, [point])
 
 
 @pytest.fixture
@@ -110,6 +121,33 @@ def test_writer_through_the_whole_reindex_loses_nothing(folder, encoder):
     assert all(cosine(with_safe[i].vectors["safe"], e) > 0.999 for i, e in zip(ids, expected))
     repairs = sum(p["missing"] + p["changed"] + p["extra"] for p in report.passes)
     assert repairs > 0, "writes during the copy must have been found by the reconciliation"
+    store.close()
+
+
+def test_complete_point_writes_through_a_follow_up_reindex_are_never_refused(folder, encoder):
+    """v1 -> v2 while the application writes every point through complete_point: each write is
+    accepted in every phase, and v2 ends with exactly the application's state, all of it safe."""
+    store = open_store(folder / "db")
+    dim = encoder.space.stored_dim
+    payloads = make_text_collection(store, "docs-v0", 300, dim, alias="docs", step=2)
+    reindex(store, "docs", encoder=encoder, text_field="text", batch_size=16, progress=False)
+    writer = Writer(store, "docs", payloads, dim, seed=11, complete_with=encoder)
+    writer.start()
+    try:
+        report = reindex(store, "docs", encoder=encoder, text_field="text", batch_size=16, num_ranges=3,
+                         new_version=True, progress=False)
+    finally:
+        writer.stop.set()
+        writer.join()
+    assert writer.error is None, f"a write was refused: {writer.error}"
+    assert writer.writes > 30, "the writer should have written throughout the reindex"
+    assert (report.source, report.target) == ("docs-safeclip-v1", "docs-safeclip-v2")
+
+    new = everything(store, "docs")
+    assert {i: without_reserved(p.payload) for i, p in new.items()} == writer.state
+    ids = sorted(new)
+    expected = encoder.encode_text([new[i].payload["text"] for i in ids])
+    assert all(cosine(new[i].vectors["safe"], e) > 0.999 for i, e in zip(ids, expected))
     store.close()
 
 

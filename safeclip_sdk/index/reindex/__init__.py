@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...integrations import open_store
 from ...integrations.base import Point, VectorStore
 from . import state as st
@@ -145,17 +147,16 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
             result.already_done, result.seconds = True, round(time.time() - started, 3)
             return result
         else:
-            history = (job or {}).get("history", [])
             source, plain = resolve_source(store, collection, adopt)
             if plain:
-                version = next_version(store, collection, history)
+                version = next_version(store, collection, (job or {}).get("history", []))
                 adoption = adoption_plan(store, collection, source, batch_size, version)
-                job = start_job(store, adoption, label, probe, encoder.space.to_dict(), settings, history, num_ranges)
+                job = start_job(store, adoption, label, probe, encoder.space.to_dict(), settings, job, num_ranges)
                 Job(store, job, PointBuilder(adoption, encoder, reader), **options).run()
-                source, adopted, history = adoption.target, True, job["history"]
+                source, adopted = adoption.target, True
             plan = build_plan(store, collection, source, encoder, settings, batch_size,
-                         next_version(store, collection, history))
-            job = start_job(store, plan, label, probe, encoder.space.to_dict(), settings, history, num_ranges)
+                              next_version(store, collection, (job or {}).get("history", [])))
+            job = start_job(store, plan, label, probe, encoder.space.to_dict(), settings, job, num_ranges)
         runner = _runner(store, job, PointBuilder(Plan.from_dict(job["plan"]), encoder, reader), options, distributed)
         runner.run()
         plan = runner.plan
@@ -222,16 +223,24 @@ def _reader(sources: dict[str, Any]) -> SourceReader:
 def complete_point(store: VectorStore, collection: str, point: Point, encoder) -> Point:
     """The complete point to write to a reindexed collection for an application's new item.
 
-    ``point`` carries the payload and the ORIGINAL model's vectors, as the application writes
-    them; the result adds the safe vectors (and, side-by-side, the shift score) the reindex of
-    ``collection`` (an alias or a versioned collection) would have given it.
+    ``point`` carries the payload and the ORIGINAL model's vectors (numpy arrays or lists), as the
+    application writes them; the result has the layout of the collection the alias ``collection``
+    serves right now: the safe vectors (and, side-by-side, the shift score) its reindex gave every
+    point, or the point as given while the alias still serves the original collection. It works in
+    every phase of a reindex; the reconciliation carries the write into the version being built.
     """
+    point = Point(point.id, dict(point.payload),
+                  {name: np.asarray(values, dtype=np.float32) for name, values in point.vectors.items()})
     physical = store.alias_target(collection) or collection
     alias = collection if physical != collection else physical.rsplit("-safeclip-v", 1)[0]
     job = st.read_job(store, alias)
-    if job is None or job["plan"]["target"] != physical:
-        raise ReindexError(f"'{collection}' on {store.name} was not built by the last safeclip reindex")
-    plan = Plan.from_dict(job["plan"])
+    layout = None if job is None else st.layout_of(job, physical)
+    if layout is None:
+        if job is not None and physical == job["plan"]["source"] and not st.is_version_of(alias, physical):
+            return point  # the original collection, not reindexed yet: the application's own layout
+        raise ReindexError(f"'{collection}' on {store.name} serves '{physical}', which no safeclip reindex of "
+                           f"'{alias}' built")
+    plan = Plan.from_dict(layout)
     built = PointBuilder(plan, encoder, _reader(plan.sources)).build([point])
     if not built.points:
         raise ReindexError(f"point {point.id!r}: {built.failures[0][1]}")

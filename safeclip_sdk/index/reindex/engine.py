@@ -236,10 +236,11 @@ class Job:
 
 
 def start_job(store: VectorStore, plan: Plan, model: str, probe: list[float], space: dict[str, Any],
-              settings: dict[str, Any], history: list[dict[str, Any]], num_ranges: int) -> dict[str, Any]:
-    """A new job state for ``plan``, with its id ranges, written to the database."""
+              settings: dict[str, Any], previous: dict[str, Any] | None, num_ranges: int) -> dict[str, Any]:
+    """A new job state for ``plan``, with its id ranges, written to the database; it carries the
+    alias's history and the layouts of the earlier versions that still exist from ``previous``."""
     ranges = split_ranges(store, plan.source, store.count(plan.source), num_ranges)
-    job = st.new_job(plan.to_dict(), probe, model, ranges, history)
+    job = st.new_job(plan.to_dict(), probe, model, ranges, st.carried_over(previous, store.collection_exists))
     job["space"], job["settings"] = space, settings
     st.write_failures(store, plan.alias, {})
     st.write_job(store, job)

@@ -44,14 +44,37 @@ def write_job(store: VectorStore, job: dict[str, Any]) -> None:
 
 
 def new_job(plan_dict: dict[str, Any], probe: list[float], model: str, ranges: list[dict[str, Any]],
-            history: list[dict[str, Any]]) -> dict[str, Any]:
+            carried: dict[str, Any]) -> dict[str, Any]:
     return {
         "version": STATE_VERSION, "phase": CREATE, "plan": plan_dict, "model": model, "probe": probe,
-        "ranges": ranges, "history": history, "started": time.time(),
+        "ranges": ranges, **carried, "started": time.time(),
         "counters": {"copied": 0, "embedded": 0, "kept": 0, "skipped": 0, "repaired": 0, "deleted": 0,
                      "carried_after_switch": 0, "completed_after_switch": 0},
         "passes": [],
     }
+
+
+def carried_over(previous: dict[str, Any] | None, exists) -> dict[str, Any]:
+    """What a new job keeps of the one before: the alias's history, and ``layouts``, the plan each
+    earlier version (that ``exists``) was built with, so an application can still write to it."""
+    if previous is None:
+        return {"history": [], "layouts": {}}
+    layouts = dict(previous.get("layouts", {}))
+    if previous["phase"] == DONE:
+        layouts[previous["plan"]["target"]] = previous["plan"]
+    return {"history": previous.get("history", []),
+            "layouts": {name: plan for name, plan in layouts.items() if exists(name)}}
+
+
+def layout_of(job: dict[str, Any], collection: str) -> dict[str, Any] | None:
+    """The plan ``collection`` was built with: the job's own target or an earlier version."""
+    if job["plan"]["target"] == collection:
+        return job["plan"]
+    return job.get("layouts", {}).get(collection)
+
+
+def is_version_of(alias: str, collection: str) -> bool:
+    return collection.startswith(f"{alias}-safeclip-v")
 
 
 def record_history(job: dict[str, Any], action: str, collection: str, previous: str | None) -> None:
