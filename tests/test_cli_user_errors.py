@@ -76,6 +76,10 @@ def world(tiny_model_dir, tmp_path_factory) -> Path:
     data[-1] ^= 0x01
     (tampered / WEIGHTS).write_bytes(bytes(data))
 
+    from safeclip_sdk.export import export_onnx
+
+    export_onnx(root / "model", root / "onnx")  # a real export a failed command must keep
+
     export = root / "export"
     export.mkdir()
     (root / "image_encoder.onnx").write_bytes(b"outside the export folder")
@@ -137,6 +141,9 @@ CASES = [
     Case("--batch-size -4", train_args("--batch-size", "-4"), lambda w: ["'batch_size'"]),
     Case("--lr 0", train_args("--lr", "0"), lambda w: ["'lr'"]),
     Case("bad YAML", train_args(config="broken.yaml"), lambda w: [f"{w / 'broken.yaml'}:4:"]),
+    Case("export with bad eval data", lambda w: ["export", str(w / "model"), "--onnx", str(w / "onnx"), "--int8",
+                                                 "--eval-data", str(w / "missing_field.jsonl")],
+         lambda w: [f"{w / 'missing_field.jsonl'}:2: missing field 'safe_text'"]),
 ]
 
 

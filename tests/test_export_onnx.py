@@ -148,7 +148,7 @@ def test_a_failed_parity_check_leaves_no_encoder_behind(reference, tmp_path, mon
     with pytest.raises(ExportError, match=r"^image_encoder\.onnx: parity check failed: an embedding has cosine "
                                           r"\d\.\d+ with torch fp32, below the required 1\.5$"):
         export_onnx(reference, out)
-    assert list(out.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # neither the export folder nor its partial build
 
 
 def test_changed_or_missing_file_is_named(export_copy):
@@ -318,6 +318,13 @@ def test_lora_model_is_merged_before_export_and_replaces_other_weights(export_co
     with torch.no_grad():
         expected_image = lora.encode_image(pixels, normalize=True).numpy()
         expected_text = lora.encode_text(tokens, normalize=True).numpy()
+
+    # a replacement that fails (an impossible int8 threshold) leaves the old export byte for byte
+    before = {path.name: path.read_bytes() for path in export_copy.iterdir()}
+    with pytest.raises(ExportError, match="still holds the previous export, unchanged"):
+        export_onnx(tiny_model, export_copy, int8=True, int8_min_cosine=1.01)
+    assert {path.name: path.read_bytes() for path in export_copy.iterdir()} == before
+    assert [path.name for path in export_copy.parent.iterdir() if path.name.startswith(".")] == []
 
     export_onnx(tiny_model, export_copy)
 

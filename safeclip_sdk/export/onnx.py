@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._utils.files import staged_folder
 from .._utils.version import __version__
 from ..errors import ExportError
 from ..methods import load_checked_model, model_inference
@@ -161,46 +162,84 @@ def export_onnx(model: str | os.PathLike | LoadedModel, out_dir: str | os.PathLi
         The path of ``manifest.json``.
 
     Raises:
-        ExportError: an encoder fails to export or fails a check. Variants that passed before
-        the failure stay in the folder and the manifest; the failing one does not.
+        ExportError: an encoder fails to export or fails a check. An export of other weights
+        already in ``out_dir`` is replaced only when the new one is complete (it is built beside it);
+        on a first export, or when adding variants to an export of the same weights, the variants
+        that passed stay in the folder and the manifest and the failing one does not.
+        DataError: ``eval_data`` cannot be read (checked before anything is written).
     """
     _require_onnx_packages()
     if parity_batch < 1:
         raise ExportError(f"parity_batch must be at least 1, got {parity_batch}")
+    # every input is checked before the first write
+    eval_items = _eval_items(eval_data, image_root) if int8 and eval_data is not None else None
     loaded = model if isinstance(model, LoadedModel) else load_checked_model(str(model))
     source = loaded.source if isinstance(model, LoadedModel) else str(model)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    variants = {"fp16": fp16, "int8": int8}
+    gate = {"min_cosine": int8_min_cosine, "max_r1_drop": int8_max_r1_drop, "data": eval_data, "items": eval_items}
 
     with exportable_clip(loaded.model) as network:
         parity = parity_inputs(loaded, network, parity_batch)
-        manifest, stale_files = _start_manifest(out, loaded, source, weights_sha256(network), opset, parity)
-        if "fp32" not in manifest.variants:
+        weights = weights_sha256(network)
+        manifest, previous = _describe(loaded, source, weights, parity), _previous_manifest(out)
+        if previous is not None and _same_export(previous, weights, opset):
+            manifest.variants, manifest.tensorrt, manifest.opset = previous.variants, previous.tensorrt, previous.opset
+            logger.info("%s already holds an export of these weights (%s); adding to it", out,
+                        ", ".join(manifest.variants))
+            return _add_variants(out, manifest, loaded, parity, variants, gate)
+        if previous is not None:
+            logger.info("%s holds an export of other weights or another opset; building its replacement beside it",
+                        out)
+        failed: ExportError | None = None
+        with staged_folder(out) as stage:
             logger.info("exporting %s to ONNX in %s", source, out)
-            manifest.variants["fp32"], manifest.opset = _export_fp32(network, out, parity, opset)
-            for name in stale_files:
-                (out / name).unlink(missing_ok=True)
-    manifest.save(out)
-    fp32_paths = {tower: out / manifest.variants["fp32"][tower.encoder]["file"] for tower in TOWERS}
+            manifest.variants["fp32"], manifest.opset = _export_fp32(network, stage, parity, opset)
+            manifest.save(stage)
+            try:
+                _add_variants(stage, manifest, loaded, parity, variants, gate)
+            except ExportError as error:
+                if previous is not None:
+                    raise ExportError(f"{error}; {out} still holds the previous export, unchanged") from error
+                failed = error  # a first export keeps the variants that passed
+    if failed is not None:
+        raise failed
+    return out / MANIFEST_NAME
 
-    if fp16:
+
+def _same_export(previous: Manifest, weights: str, opset: int | None) -> bool:
+    return previous.weights_sha256 == weights and "fp32" in previous.variants and opset in (None, previous.opset)
+
+
+def _add_variants(out: Path, manifest: Manifest, loaded: LoadedModel, parity: ParityInputs, variants: dict[str, bool],
+                  gate: dict[str, Any]) -> Path:
+    """Add the requested fp16 / int8 variants to the export in ``out`` (its fp32 encoders exist)."""
+    fp32_paths = {tower: out / manifest.variants["fp32"][tower.encoder]["file"] for tower in TOWERS}
+    if variants["fp16"]:
         manifest.variants["fp16"] = _stage_variant(
             out, "fp16", lambda tower, path: _convert_fp16(fp32_paths[tower], path), parity, FP16_MIN_COSINE,
             session_options=FP16_SESSION_OPTIONS)
         manifest.save(out)
-    if int8:
-        retrieval_check = (partial(_retrieval_check, loaded, eval_data, image_root, fp32_paths, int8_max_r1_drop)
-                           if eval_data is not None else None)
+    if variants["int8"]:
+        retrieval_check = (partial(_retrieval_check, loaded, gate["data"], gate["items"], fp32_paths,
+                                   gate["max_r1_drop"]) if gate["items"] is not None else None)
         try:
             manifest.variants["int8"] = _stage_variant(
-                out, "int8", lambda tower, path: _quantize_int8(fp32_paths[tower], path), parity, int8_min_cosine,
-                extra_check=retrieval_check)
+                out, "int8", lambda tower, path: _quantize_int8(fp32_paths[tower], path), parity,
+                gate["min_cosine"], extra_check=retrieval_check)
         except ExportError as error:
             _drop_variant(out, manifest, "int8")
             raise ExportError(f"int8 variant not kept: {error} (int8 files removed; the other variants in "
                               f"{out} are unchanged)") from error
         manifest.save(out)
     return out / MANIFEST_NAME
+
+
+def _eval_items(eval_data: str | os.PathLike, image_root: str | os.PathLike | None) -> list[Quadruplet]:
+    """The int8 retrieval check's quadruplets, read (and so validated) before anything is written."""
+    from ..data import load_dataset
+
+    return load_dataset(eval_data, image_root=image_root).items
 
 
 @contextmanager
@@ -284,22 +323,6 @@ def _require_onnx_packages() -> None:
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise ExportError(f"ONNX export needs {error.name}: pip install 'safeclip[onnx]'") from error
-
-
-def _start_manifest(out: Path, loaded: LoadedModel, source: str, weights: str, opset: int | None,
-                    parity: ParityInputs) -> tuple[Manifest, list[str]]:
-    """A manifest describing ``loaded`` that keeps the variants of an existing export of the same
-    weights (and opset), and the files of an existing export that the new fp32 export replaces."""
-    manifest = _describe(loaded, source, weights, parity)
-    previous = _previous_manifest(out)
-    if previous is None:
-        return manifest, []
-    if previous.weights_sha256 == weights and "fp32" in previous.variants and opset in (None, previous.opset):
-        manifest.variants, manifest.tensorrt, manifest.opset = previous.variants, previous.tensorrt, previous.opset
-        logger.info("%s already holds an export of these weights (%s); adding to it", out, ", ".join(manifest.variants))
-        return manifest, []
-    logger.info("%s holds an export of other weights or another opset; replacing it", out)
-    return manifest, sorted(set(previous.files()) - {tower.file_name("fp32") for tower in TOWERS})
 
 
 def _previous_manifest(out: Path) -> Manifest | None:
@@ -505,15 +528,13 @@ class _QuantizerChatterFilter(logging.Filter):
         return record.levelno >= logging.ERROR or f"onnxruntime{os.sep}quantization" not in record.pathname
 
 
-def _retrieval_check(loaded: LoadedModel, eval_data: str | os.PathLike, image_root: str | os.PathLike | None,
+def _retrieval_check(loaded: LoadedModel, eval_data: str | os.PathLike, items: Sequence[Quadruplet],
                      fp32_paths: dict[Tower, Path], max_r1_drop: float,
                      int8_paths: dict[Tower, Path]) -> dict[str, Any]:
-    """``{"retrieval": ...}``: R@1 of the int8 encoders vs the fp32 ONNX encoders on ``eval_data``;
-    ExportError if it drops by more than ``max_r1_drop`` points in any direction."""
-    from ..data import load_dataset
+    """``{"retrieval": ...}``: R@1 of the int8 encoders vs the fp32 ONNX encoders on ``items`` (read
+    from ``eval_data``); ExportError if it drops by more than ``max_r1_drop`` points in any direction."""
     from ..metrics.retrieval import IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNSAFE_TEXT_TO_ALL_IMAGES, retrieval_metrics
 
-    items = load_dataset(eval_data, image_root=image_root).items
     embeddings = _embed_quadruplets(loaded, items, {"fp32": fp32_paths, "int8": int8_paths})
     directions = [TEXT_TO_IMAGE, IMAGE_TO_TEXT]
     if embeddings["fp32"].unsafe_image is not None:
