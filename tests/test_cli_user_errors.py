@@ -79,6 +79,12 @@ def world(tiny_model_dir, tmp_path_factory) -> Path:
     from safeclip_sdk.export import export_onnx
 
     export_onnx(root / "model", root / "onnx")  # a real export a failed command must keep
+    from safetensors.torch import save_file
+
+    from safeclip_sdk.model.folder import load_model
+
+    other = load_model("safeclip-demo").model.state_dict()  # a checkpoint of another architecture
+    save_file({key: value.contiguous() for key, value in other.items()}, str(root / "other.safetensors"))
 
     export = root / "export"
     export.mkdir()
@@ -141,6 +147,11 @@ CASES = [
     Case("--batch-size -4", train_args("--batch-size", "-4"), lambda w: ["'batch_size'"]),
     Case("--lr 0", train_args("--lr", "0"), lambda w: ["'lr'"]),
     Case("bad YAML", train_args(config="broken.yaml"), lambda w: [f"{w / 'broken.yaml'}:4:"]),
+    Case("batch not divisible by accumulation", train_args("--batch-size", "3", "--grad-accum-steps", "2"),
+         lambda w: ["batch_size 3 is not divisible", "grad_accum_steps = 2"]),
+    Case("bf16 on a CPU", train_args("--precision", "bf16"), lambda w: ["precision bf16 needs a GPU"]),
+    Case("checkpoint of another architecture", train_args("--pretrained", "other.safetensors"),
+         lambda w: ["other.safetensors: tensor '", "but safeclip-tiny needs", "another architecture"]),
     Case("export with bad eval data", lambda w: ["export", str(w / "model"), "--onnx", str(w / "onnx"), "--int8",
                                                  "--eval-data", str(w / "missing_field.jsonl")],
          lambda w: [f"{w / 'missing_field.jsonl'}:2: missing field 'safe_text'"]),
@@ -162,6 +173,7 @@ def safeclip(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input_gives_one_line_and_changes_nothing(world, case):
     before = file_hashes(world)
+    assert not (world / "runs").exists(), "an earlier case left a run folder behind"
     result = safeclip(*case.args(world), cwd=world)
     after = file_hashes(world)
 

@@ -179,6 +179,22 @@ def weights_errors(weights: str | os.PathLike) -> Iterator[None]:
         raise ModelLoadError(f"{weights}: cannot read the weights ({_first_line(error)})") from error
 
 
+def _shape_mismatch(name: str, weights: str) -> str | None:
+    """The first tensor of a safetensors file whose shape differs from architecture ``name``'s."""
+    from safetensors import SafetensorError, safe_open
+
+    expected = {key: list(value.shape) for key, value in open_clip_module().create_model(name).state_dict().items()}
+    try:
+        with safe_open(weights, framework="pt") as file:
+            for key in file.keys():
+                shape = list(file.get_slice(key).get_shape())
+                if key in expected and shape != expected[key]:
+                    return f"tensor '{key}' has shape {shape} but {name} needs {expected[key]}"
+    except SafetensorError:
+        return None
+    return None
+
+
 def _state_dict_problem(error: RuntimeError) -> str:
     text = str(error)
     mismatches = _SIZE_MISMATCH.findall(text)
@@ -251,7 +267,11 @@ def _load_architecture(name: str, pretrained: str | None, device) -> LoadedModel
                              f"(known: {', '.join(tags) or 'none'})")
     if pretrained and Path(pretrained).is_file():
         with weights_errors(pretrained):
-            model = open_clip.create_model(name, pretrained=pretrained, device=device, weights_only=True)
+            try:
+                model = open_clip.create_model(name, pretrained=pretrained, device=device, weights_only=True)
+            except AssertionError as error:  # open_clip's resize of a position embedding of another width
+                raise ModelLoadError(f"{pretrained}: {_shape_mismatch(name, pretrained) or _first_line(error)}: "
+                                     f"the weights belong to another architecture than {name}") from error
     else:
         try:
             model = open_clip.create_model(name, pretrained=pretrained or None, device=device, weights_only=True)

@@ -113,6 +113,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return dtypes[precision]
 
 
+def micro_batch_size(config: TrainConfig, world_size: int) -> int:
+    """Items per forward pass: the batch split over the processes and the accumulation steps."""
+    per_step = world_size * config.grad_accum_steps
+    if config.batch_size % per_step:
+        raise SafeclipError(f"batch_size {config.batch_size} is not divisible by world size x "
+                            f"grad_accum_steps = {per_step}")
+    return config.batch_size // per_step
+
+
 class Trainer:
     """Optimises the trainable parameters of ``encoder`` (a DualEncoder) against ``objective``."""
 
@@ -154,11 +163,7 @@ class Trainer:
 
     # -- set-up -----------------------------------------------------------------------------
     def _micro_batch_size(self) -> int:
-        per_step = self.context.world_size * self.config.grad_accum_steps
-        if self.config.batch_size % per_step:
-            raise SafeclipError(f"batch_size {self.config.batch_size} is not divisible by world size x "
-                                f"grad_accum_steps = {per_step}")
-        micro = self.config.batch_size // per_step
+        micro = micro_batch_size(self.config, self.context.world_size)
         if len(self.train_dataset) < self.config.batch_size:
             raise SafeclipError(f"the training set has {len(self.train_dataset)} items, fewer than one batch "
                                 f"({self.config.batch_size}); lower batch_size")

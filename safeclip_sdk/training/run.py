@@ -33,7 +33,7 @@ from ..model.folder import LoadedModel, load_model, save_model_dir
 from .checkpoint import has_checkpoints
 from .config import TrainConfig, load_config, save_config, to_dict, validate_config
 from .ddp import DistributedContext, init_distributed, shutdown_distributed
-from .loop import Trainer, TrainingProgress
+from .loop import Trainer, TrainingProgress, autocast_dtype, micro_batch_size
 from .model_card import render_model_card
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ def train(config: TrainConfig | str | Path | None = None, **overrides: Any) -> T
     if context.enabled and device.type == "cuda":
         device = torch.device("cuda", context.local_rank)
     try:
+        # the checks that need no model or data, before anything is loaded or written
+        autocast_dtype(config.precision, device)
+        micro_batch_size(config, context.world_size)
         return _train(config, device, context)
     finally:
         shutdown_distributed(context)
@@ -103,6 +106,9 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
     base = load_model(config.base_model, config.pretrained, device=device)
     reference = FrozenReference(base.model).to(device) if method.uses_frozen_reference else None
     peft_model = apply_lora(base.model, config.lora)
+    if context.is_main:  # every input read: the run folder is written from here on
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
     trainable, total = trainable_parameter_count(peft_model)
     if context.is_main:
         logger.info("LoRA: %d trainable parameters of %d (%.2f%%)", trainable, total, 100 * trainable / total)
@@ -165,7 +171,7 @@ def _verdict(config: TrainConfig, base: LoadedModel, merged: torch.nn.Module, me
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, context: DistributedContext,
                      resumable: set[str] = frozenset()) -> None:
-    """Refuse to mix two runs in one folder; check that a resumed run keeps its settings."""
+    """Refuse to mix two runs in one folder; check that a resumed run keeps its settings (writes nothing)."""
     saved_path = run_dir / "config.yaml"
     checkpointed = has_checkpoints(run_dir / "checkpoints")
     if checkpointed and not config.resume:
@@ -186,9 +192,6 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, context: DistributedCon
         if changed:
             raise SafeclipError(f"cannot resume {run_dir}: '{changed[0]}' differs from the saved config "
                                 f"({saved.get(changed[0])!r} -> {current[changed[0]]!r})")
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, saved_path)
 
 
 def _same_setting(key: str, saved: Any, current: Any) -> bool:
