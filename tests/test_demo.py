@@ -33,6 +33,7 @@ def test_quick_demo_trains_evaluates_exports_and_searches(tmp_path):
     assert set(evaluation["results"]) == {"base", "safe-clip"}
     assert "fp32" in load_manifest(out / "onnx").variants
     assert "| safe-clip |" in (out / "evaluation.md").read_text()
+    _readme_commands_after_the_demo_work(out)
 
     # a second run reuses the trained models instead of training again
     weights = [out / "base" / "model" / "open_clip_model.safetensors",
@@ -41,3 +42,23 @@ def test_quick_demo_trains_evaluates_exports_and_searches(tmp_path):
     again = CliRunner().invoke(cli, ["demo", "--quick", "-o", str(out), "--device", "cpu", "--no-export"])
     assert again.exit_code == 0, again.output
     assert [path.stat().st_mtime_ns for path in weights] == written
+
+
+def _readme_commands_after_the_demo_work(out):
+    """README "After the demo": search the demo's live collection (the model comes from its index
+    record) and evaluate the safe model, each in a fresh process as a user types it."""
+    import subprocess
+    import sys
+
+    safeclip = [sys.executable, "-m", "safeclip_sdk"]
+    search = subprocess.run([*safeclip, "search", "--qdrant", str(out / "qdrant"), "--collection", "demo-images",
+                             "--text", "a red clock on the grass", "-k", "3", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert search.returncode == 0, search.stderr
+    hits = json.loads(search.stdout)
+    assert len(hits["results"]) == 3 and all("image" in hit["payload"] for hit in hits["results"])
+    evaluate = subprocess.run([*safeclip, "eval", str(out / "safe-clip" / "model"), "--data",
+                               str(out / "world" / "test.jsonl"), "--device", "cpu"],
+                              capture_output=True, text=True, timeout=300)
+    assert evaluate.returncode == 0, evaluate.stderr
+    assert "| base |" in evaluate.stdout and "safer than its base" in evaluate.stdout  # the training verdict
