@@ -45,7 +45,11 @@ def world(tiny_model_dir, tmp_path_factory) -> Path:
     def write_rows(name: str, rows: list[dict]) -> None:
         (root / name).write_text("".join(json.dumps(item) + "\n" for item in rows), encoding="utf-8")
 
+    Image.new("1", (20000, 20000)).save(images / "huge.png")  # 400 Mpx: past PIL's own hard limit
+    Image.new("1", (10000, 10000)).save(images / "large.png")  # 100 Mpx: past max_pixels, where PIL only warns
     write_rows("good.jsonl", [row(i) for i in range(4)])
+    write_rows("huge_image.jsonl", [row(0), row(1, safe_image="images/huge.png")])
+    write_rows("large_image.jsonl", [row(0), row(1, safe_image="images/large.png")])
     write_rows("missing_field.jsonl", [row(0), row(1, safe_text=None), row(2)])
     write_rows("missing_image.jsonl", [row(0), row(1, safe_image="images/gone.png")])
     latin1 = json.dumps(row(1, unsafe_text="un café brûlé"), ensure_ascii=False).encode("latin-1")
@@ -131,6 +135,10 @@ CASES = [
          lambda w: [f"{w / 'missing_image.jsonl'}:2: safe image not found: {w / 'images' / 'gone.png'}"]),
     Case("non-UTF-8 line", eval_args("latin1.jsonl"),
          lambda w: [f"{w / 'latin1.jsonl'}:2: not UTF-8", "--skip-bad"]),
+    Case("20000x20000 image", eval_args("huge_image.jsonl"),
+         lambda w: ["huge.png: image too large: 400000000 pixels exceeds max_pixels=89478485"]),
+    Case("10000x10000 image", eval_args("large_image.jsonl"),
+         lambda w: ["large.png: image too large: 10000x10000 = 100000000 pixels exceeds max_pixels=89478485"]),
     Case("missing dataset file", eval_args("nowhere.jsonl"),
          lambda w: [f"{w / 'nowhere.jsonl'}: dataset file not found"]),
     Case("corrupt safetensors", embed_args("model-truncated", "texts.txt"),

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,7 +91,7 @@ def check_image(item: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MA
     verified without decoding, JPEG is decoded at 1/8 scale (which still reads the whole stream)."""
     label = label or describe_item(item)
     with _opened(item, label) as file:
-        with _decode_errors(label), Image.open(file) as image:
+        with _decode_errors(label, max_pixels), Image.open(file) as image:
             _check_size(image.size, max_pixels, label)
             if image.format == "JPEG":
                 # verify() checks nothing for JPEG; DCT scaling decodes the stream cheaply
@@ -144,21 +146,29 @@ def _opened(item: Any, label: str) -> BinaryIO:
 
 
 def _decode(file: BinaryIO, max_pixels: int, label: str) -> Image.Image:
-    with _decode_errors(label), Image.open(file) as image:
+    with _decode_errors(label, max_pixels), Image.open(file) as image:
         _check_size(image.size, max_pixels, label)  # header only: nothing decoded yet
         image.load()
         return _upright_rgb(image, label)
 
 
 @contextmanager
-def _decode_errors(label: str):
+def _decode_errors(label: str, max_pixels: int):
     """Turn what PIL raises on a bad file into one ImageError line."""
     try:
-        yield
+        with warnings.catch_warnings():
+            # the size is checked against max_pixels from the header; PIL's own warning is noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
     except ImageError:
         raise
-    except Image.DecompressionBombError as error:  # PIL's process-wide limit, when lower
-        raise ImageError(label, f"image too large ({_reason(error)})") from error
+    except Image.DecompressionBombError as error:  # PIL's process-wide limit, met in Image.open
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = int(found.group(1)) if found else None
+        limit = f"max_pixels={max_pixels}" if pixels is None or pixels > max_pixels else \
+            f"PIL's process-wide limit (Image.MAX_IMAGE_PIXELS x 2 = {2 * (Image.MAX_IMAGE_PIXELS or 0)})"
+        raise ImageError(label, f"image too large: {pixels or 'its'} pixels exceeds {limit} "
+                                f"(possible decompression bomb)") from error
     except UnidentifiedImageError as error:
         raise ImageError(label, "not an image or an unsupported format") from error
     except _DECODE_ERRORS as error:
