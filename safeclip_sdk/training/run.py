@@ -140,7 +140,7 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
     verdict = None
     if context.is_main:
         method_metadata = method.finish(run, merged)
-        metadata = _model_metadata(config, report, method_metadata)
+        metadata = _model_metadata(config, base.pretrained, report, method_metadata)
         verdict = _verdict(config, base, merged, metadata, val_set or train_set, device, held_out=val_set is not None)
         metadata["verdict"] = report["verdict"] = verdict.to_dict()
         save_model_dir(model_dir, merged, base.model_cfg, base.preprocess_cfg, metadata=metadata,
@@ -203,12 +203,14 @@ def _same_setting(key: str, saved: Any, current: Any) -> bool:
     return False
 
 
-def _model_metadata(config: TrainConfig, report: dict[str, Any], method_metadata: dict[str, Any]) -> dict[str, Any]:
+def _model_metadata(config: TrainConfig, pretrained: str | None, report: dict[str, Any],
+                    method_metadata: dict[str, Any]) -> dict[str, Any]:
     """``safeclip.json`` of the trained model (the verdict is added once measured)."""
     return {
         "safeclip_version": __version__,
         "method": config.method,
-        "base_model": {"source": config.base_model, "pretrained": config.pretrained},
+        # what was loaded: a model folder's own weights carry no pretrained tag, whatever the config says
+        "base_model": {"source": config.base_model, "pretrained": pretrained},
         "data": {"train": config.data.train, "val": config.data.val, "train_items": report["train_items"],
                  "text_only": report["text_only"], "bad_rows_skipped": len(report["bad_rows"]["train"])},
         "config": to_dict(config),
