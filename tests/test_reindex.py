@@ -268,6 +268,34 @@ def test_side_by_side_keep_leaves_unreadable_points_without_a_safe_vector(store,
     assert "safe" in new[0].vectors and "safeclip_shift" in new[0].payload
 
 
+def test_follow_up_side_by_side_drops_the_old_safe_vector_of_points_whose_source_now_fails(store, encoder, tmp_path):
+    root = tmp_path / "images"
+    for number in range(4):
+        write_image(root / f"{number}.png", number)
+    rng = np.random.default_rng(5)
+    store.create_collection("pics-v0", {"": VectorSpec(encoder.space.stored_dim, "cosine")})
+    store.upsert("pics-v0", [Point(i, {"path": f"{i}.png"}, {"": original_vector(rng, encoder.space.stored_dim)})
+                             for i in range(4)])
+    store.switch_alias("pics", "pics-v0")
+    reindex(store, "pics", encoder=encoder, image_field="path", image_root=root, progress=False)
+    first = everything(store, "pics")
+    assert all("safe" in point.vectors and "safeclip_shift" in point.payload for point in first.values())
+
+    (root / "2.png").unlink()
+    (root / "3.png").write_text("this is not an image any more")
+    report = reindex(store, "pics", encoder=encoder, image_field="path", image_root=root, new_version=True,
+                     progress=False)
+
+    assert report.target == "pics-safeclip-v2" == store.alias_target("pics") and report.kept == 2
+    second = everything(store, "pics")
+    for point_id in (2, 3):
+        assert set(second[point_id].vectors) == {""} and "safeclip_shift" not in second[point_id].payload
+        assert ERROR_FIELD in second[point_id].payload
+        assert np.allclose(second[point_id].vectors[""], first[point_id].vectors[""], atol=1e-6)
+    for point_id in (0, 1):
+        assert "safe" in second[point_id].vectors and ERROR_FIELD not in second[point_id].payload
+
+
 def test_an_unfinished_job_resumes_only_with_its_settings(store, encoder):
     make_text_collection(store, "docs-v0", 60, encoder.space.stored_dim, alias="docs")
     job = {}

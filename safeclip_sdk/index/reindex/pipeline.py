@@ -57,12 +57,13 @@ class PointBuilder:
             for position, reason in failed.items():
                 reasons.setdefault(position, []).append(reason)
         built = Built([])
+        added = plan.added_vectors()
         for position, point in enumerate(points):
             if position in reasons and plan.on_error == "skip":
                 built.failures.append((point, "; ".join(reasons[position])))
                 built.skipped += 1
                 continue
-            vectors = dict(point.vectors)
+            vectors = {name: vector for name, vector in point.vectors.items() if name not in added}
             payload = {key: value for key, value in point.payload.items() if key not in plan.reserved_fields()}
             scores = []
             for name in plan.kinds:

@@ -81,6 +81,11 @@ class Plan:
         extra = (self.score_field,) if self.score_field and self.score_field not in defaults else ()
         return defaults + extra
 
+    def added_vectors(self) -> set[str]:
+        """Safe vectors added beside their originals (side-by-side): a point whose source fails
+        gets none, even when its source point has one from an earlier reindex."""
+        return {safe for name, safe in self.safe_names.items() if safe != name}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "alias": self.alias, "source": self.source, "target": self.target, "adopt": self.adopt,

@@ -5,7 +5,8 @@ every payload hash equal after its repairs). Here a uniform sample of points is 
 collections: re-embedded vectors must match a fresh embedding of the point's source (cosine at
 least ``MIN_COSINE``), carried-over vectors and the vectors of points that kept their old ones
 (``--on-error keep``) must equal the old collection's (up to float32 rounding, and
-to scale under cosine distance, which Qdrant normalises).
+to scale under cosine distance, which Qdrant normalises); side by side, a point that kept its old
+vectors has no safe vector even when its old point had one from an earlier reindex.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def verify_sample(store: VectorStore, plan: Plan, builder: PointBuilder, ids: Se
         return result
     fresh = {p.id: p for p in builder.build([old for old, _ in same]).points}
     replaced = set(plan.safe_names.values())
+    added = plan.added_vectors()
     cosines = []
     for old, new in same:
         result.checked += 1
@@ -74,7 +76,7 @@ def verify_sample(store: VectorStore, plan: Plan, builder: PointBuilder, ids: Se
                 if not _same_vector(vector, old.vectors[name], plan.target_specs[name].distance):
                     raise ReindexError(f"{where}: carried-over {show_vector(name)} differs from the old collection's")
                 result.exact_vectors += 1
-        missing = [name for name in old.vectors if name not in new.vectors]
+        missing = [name for name in old.vectors if name not in new.vectors and not (kept_old and name in added)]
         if missing:
             raise ReindexError(f"{where}: {show_vector(missing[0])} of the old collection is missing")
     result.min_cosine = round(min(cosines), 6) if cosines else None
