@@ -42,7 +42,7 @@ def make_encoder_and_objective(*, lora_dropout=0.0, loss_weights=None, seed=0):
     base = load_model("safeclip-tiny")
     reference = FrozenReference(base.model)
     peft_model = apply_lora(base.model, LoraConfig(rank=4, alpha=4.0, dropout=lora_dropout))
-    loss_config = SafeClipConfig() if loss_weights is None else SafeClipConfig(weights=loss_weights)
+    loss_config = SafeClipConfig(tau=0.01) if loss_weights is None else SafeClipConfig(tau=0.01, weights=loss_weights)
     objective = SafeClipObjective(reference, SafeClipLoss(loss_config), train_image_tower=True)
     return DualEncoder(peft_model), objective
 

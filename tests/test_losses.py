@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from safeclip_sdk.errors import SafeclipError
-from safeclip_sdk.methods.losses import contrastive_loss, cosine_distance
+from safeclip_sdk.methods.losses import contrastive_loss, cosine_distance, resolve_temperature
 from safeclip_sdk.methods.safe_clip.config import REFERENCE_WEIGHTS as SAFE_CLIP_REFERENCE_WEIGHTS
 from safeclip_sdk.methods.safe_clip.config import SafeClipConfig as LossConfig
 from safeclip_sdk.methods.safe_clip.losses import SafeClipEmbeddings, SafeClipLoss
@@ -100,15 +100,28 @@ def test_each_term_equals_its_hand_computed_value():
         assert terms[name].item() == pytest.approx(value, rel=1e-9), name
 
 
-def test_default_tau_is_the_reference_value():
+def test_tau_is_applied_as_given():
     emb = _embeddings(seed=1)
-    _, terms = SafeClipLoss(LossConfig())(emb)
+    _, terms = SafeClipLoss(LossConfig(tau=0.01))(emb)
     expected = _infonce_by_hand(emb.text_unsafe, emb.ref_image_safe, 0.01)
     assert terms["text_unsafe_contrastive"].item() == pytest.approx(expected, rel=1e-9)
 
 
+def test_default_tau_is_the_base_models_own_which_is_the_reference_for_openai_clip(tiny_model):
+    assert LossConfig().tau == "base"
+    model = tiny_model.model
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100.0))  # OpenAI CLIP's trained logit scale
+        assert resolve_temperature("base", model, "safe_clip.tau") == pytest.approx(0.01)
+        model.logit_scale.fill_(math.log(1 / 0.07))  # open_clip's initial one, the demo base's
+        assert resolve_temperature("base", model, "safe_clip.tau") == pytest.approx(0.07)
+    assert resolve_temperature(0.03, model, "safe_clip.tau") == 0.03
+    with pytest.raises(SafeclipError, match="'safe_clip.tau': the base model has no logit_scale"):
+        resolve_temperature("base", torch.nn.Linear(2, 2), "safe_clip.tau")
+
+
 def test_sum_normalisation_divides_once_by_the_sum_of_all_weights():
-    loss = SafeClipLoss(LossConfig())
+    loss = SafeClipLoss(LossConfig(tau=0.01))
     weight_sum = 0.1 + 0.1 + 0.1 + 0.2 + 0.25 + 0.25 + 0.25 + 0.5
     expected = {name: weight / weight_sum for name, weight in SAFE_CLIP_REFERENCE_WEIGHTS.items()}
     assert loss.effective_weights == pytest.approx(expected)
@@ -161,13 +174,13 @@ def test_gradients_reach_only_the_trainable_embeddings():
 
 
 @pytest.mark.parametrize("config, message", [
-    (LossConfig(weights={**SAFE_CLIP_REFERENCE_WEIGHTS, "text_cos": 1.0}), "unknown term 'text_cos'"),
-    (LossConfig(weights={"text_safe_cos": 1.0}), "missing term 'text_unsafe_cos'"),
-    (LossConfig(weights={**SAFE_CLIP_REFERENCE_WEIGHTS, "image_unsafe_cos": -0.2}), "image_unsafe_cos: must be"),
-    (LossConfig(weights={**SAFE_CLIP_REFERENCE_WEIGHTS, "image_safe_cos": "high"}), "image_safe_cos: must be"),
-    (LossConfig(normalization="mean"), "safe_clip.normalization: 'mean'"),
+    (LossConfig(tau=0.01, weights={**SAFE_CLIP_REFERENCE_WEIGHTS, "text_cos": 1.0}), "unknown term 'text_cos'"),
+    (LossConfig(tau=0.01, weights={"text_safe_cos": 1.0}), "missing term 'text_unsafe_cos'"),
+    (LossConfig(tau=0.01, weights={**SAFE_CLIP_REFERENCE_WEIGHTS, "image_unsafe_cos": -0.2}), "image_unsafe_cos: must be"),
+    (LossConfig(tau=0.01, weights={**SAFE_CLIP_REFERENCE_WEIGHTS, "image_safe_cos": "high"}), "image_safe_cos: must be"),
+    (LossConfig(tau=0.01, normalization="mean"), "safe_clip.normalization: 'mean'"),
     (LossConfig(tau=0), "safe_clip.tau"),
-    (LossConfig(weights=dict.fromkeys(SAFE_CLIP_REFERENCE_WEIGHTS, 0.0)), "all weights are zero"),
+    (LossConfig(tau=0.01, weights=dict.fromkeys(SAFE_CLIP_REFERENCE_WEIGHTS, 0.0)), "all weights are zero"),
 ])
 def test_bad_config_gives_one_line_error(config, message):
     with pytest.raises(SafeclipError, match=message) as error:

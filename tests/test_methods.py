@@ -66,7 +66,7 @@ def test_a_config_object_can_be_retrained_with_another_method(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"method": "safer-clip", "safer_clip.tau": 0}, "'safer_clip.tau' must be greater than 0"),
+    ({"method": "safer-clip", "safer_clip.tau": 0}, "'safer_clip.tau' must be a number greater than 0 or 'base'"),
     ({"method": "safer-clip", "safer_clip.curriculum.quantiles": [0.3, 0.6]}, "quantiles must decrease"),
     ({"method": "safer-clip", "safer_clip.weights": {"text_relativ": 1}}, "unknown term 'text_relativ'"),
     ({"method": "hysac", "hysac.curv_init": -1}, "'hysac.curv_init' must be greater than 0"),

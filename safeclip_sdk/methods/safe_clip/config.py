@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from ...errors import SafeclipError
+from ..losses import BASE_TEMPERATURE, validate_temperature
 
 # The eight loss terms, in the reference order, with the reference weights.
 REFERENCE_WEIGHTS = {
@@ -25,15 +26,18 @@ Normalization = Literal["sum", "none"]
 
 @dataclass
 class SafeClipConfig:
-    tau: float = 0.01
+    # the contrastive terms' temperature: a number, or "base": the base model's own (0.01 for
+    # OpenAI's CLIP, the published value; methods/losses.py says why it must match the base)
+    tau: float | Literal["base"] = BASE_TEMPERATURE
     weights: dict[str, float] = field(default_factory=lambda: dict(REFERENCE_WEIGHTS))
     # "sum": every weight is divided once by the sum of all eight configured weights, so a term
     # has the same scale whether or not the dataset has unsafe images. "none": used as given.
     normalization: Normalization = "sum"
 
-    POSITIVE: ClassVar[set[str]] = {"tau"}
+    POSITIVE: ClassVar[set[str]] = set()
 
     def validate(self, section: str) -> None:
+        validate_temperature(self.tau, f"{section}.tau")
         validate_loss_weights(self.weights, f"{section}.weights")
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import Any
 
 import torch
 
 from .. import register
 from ..base import Method, TrainingRun
+from ..losses import resolve_temperature
 from .config import SafeClipConfig
 from .losses import SafeClipEmbeddings, SafeClipLoss
+
+logger = logging.getLogger(__name__)
 
 
 class SafeClipObjective:
@@ -64,5 +69,7 @@ class SafeClip(Method):
                "keep working.")
 
     def objective(self, run: TrainingRun) -> SafeClipObjective:
-        return SafeClipObjective(run.reference, SafeClipLoss(self.method_config),
-                                 train_image_tower=run.train_image_tower)
+        tau = resolve_temperature(self.method_config.tau, run.base.model, f"{self.section}.tau")
+        logger.info("contrastive temperature %.4g (%s)", tau, self.method_config.tau)
+        loss = SafeClipLoss(dataclasses.replace(self.method_config, tau=tau))
+        return SafeClipObjective(run.reference, loss, train_image_tower=run.train_image_tower)

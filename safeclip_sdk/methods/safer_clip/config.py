@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from ..losses import BASE_TEMPERATURE, validate_temperature
 from .curriculum import Curriculum
 from .losses import TERMS, _validated_weights
 
@@ -25,7 +26,9 @@ class CurriculumConfig:
 
 @dataclass
 class SaferClipConfig:
-    tau: float = 0.01  # temperature of the two contrastive preservation terms
+    # temperature of the two contrastive preservation terms: a number or "base", the base model's
+    # own (0.01 for OpenAI's CLIP; see methods/losses.py)
+    tau: float | Literal["base"] = BASE_TEMPERATURE
     # temperature of the two relative redirection terms (the paper's description has none, i.e. 1;
     # see losses.py for why it is not learned then)
     relative_tau: float = 0.05
@@ -38,12 +41,13 @@ class SaferClipConfig:
     cache_dir: str | None = None
     target_batch_size: int = 256  # captions per frozen-encoder call in the target pass
 
-    POSITIVE: ClassVar[set[str]] = {"tau", "relative_tau"}
+    POSITIVE: ClassVar[set[str]] = {"relative_tau"}
     AT_LEAST: ClassVar[dict[str, int]] = {"target_batch_size": 1}
 
     def validate(self, section: str) -> None:
         from ...errors import SafeclipError
 
+        validate_temperature(self.tau, f"{section}.tau")
         try:
             _validated_weights(self.weights)
             self.curriculum.build()

@@ -11,6 +11,7 @@ import torch
 
 from .. import register
 from ..base import Method, TrainingRun
+from ..losses import resolve_temperature
 from ..safe_clip.method import embed_quadruplets
 from .config import SaferClipConfig
 from .curriculum import Curriculum
@@ -99,7 +100,9 @@ class SaferClip(Method):
 
     def objective(self, run: TrainingRun) -> SaferClipObjective:
         settings = self.method_config
-        loss = SaferClipLoss(settings.weights, tau=settings.tau, normalization=settings.normalization,
+        tau = resolve_temperature(settings.tau, run.base.model, f"{self.section}.tau")
+        logger.info("contrastive temperature %.4g (%s)", tau, settings.tau)
+        loss = SaferClipLoss(settings.weights, tau=tau, normalization=settings.normalization,
                              relative_tau=settings.relative_tau)
         return SaferClipObjective(run.reference, loss, train_image_tower=run.train_image_tower)
 
