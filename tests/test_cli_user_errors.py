@@ -61,6 +61,7 @@ def world(tiny_model_dir, tmp_path_factory) -> Path:
     (root / "broken.yaml").write_text(
         "base_model: safeclip-tiny\ndata:\n  train: [good.jsonl\nlr: 1e-4\n", encoding="utf-8")
     (root / "texts.txt").write_text("a red car\na dog on the grass\n", encoding="utf-8")
+    (root / "more_texts.txt").write_text("a boat at sea\n", encoding="utf-8")
     junk = root / "junk"
     junk.mkdir()
     (junk / "a.png").write_bytes(b"this is not a png")
@@ -83,6 +84,9 @@ def world(tiny_model_dir, tmp_path_factory) -> Path:
     from safeclip_sdk.export import export_onnx
 
     export_onnx(root / "model", root / "onnx")  # a real export a failed command must keep
+    from safeclip_sdk.runtime.embed import embed
+
+    embed(root / "model", root / "texts.txt", root / "texts.npy", progress=False)  # a real output of texts.txt
     from safetensors.torch import save_file
 
     from safeclip_sdk.model.folder import load_model
@@ -113,8 +117,11 @@ class Case:
     names: Callable[[Path], list[str]]  # what the error line must mention
 
 
-def embed_args(model: str, inputs: str, *extra: str) -> Callable[[Path], list[str]]:
-    return lambda w: ["embed", str(w / model), str(w / inputs), str(w / "earlier.npy"), *extra]
+def embed_args(model: str, inputs: str, *extra: str, output: str = "earlier.npy",
+               overwrite: bool = True) -> Callable[[Path], list[str]]:
+    """With --overwrite by default: a failed run must keep the earlier output even when asked to replace it."""
+    flag = ["--overwrite"] if overwrite else []
+    return lambda w: ["embed", str(w / model), str(w / inputs), str(w / output), *flag, *extra]
 
 
 def eval_args(data: str) -> Callable[[Path], list[str]]:
@@ -151,6 +158,11 @@ CASES = [
     Case("every item fails", embed_args("model", "junk"),
          lambda w: ["every one of the 2 images failed", f"{w / 'earlier.npy.failures.json'}",
                     "a.png: not an image"]),
+    Case("OUTPUT made from another input", embed_args("model", "more_texts.txt", output="texts.npy", overwrite=False),
+         lambda w: [f"{w / 'texts.npy'} was made from {w / 'texts.txt'} with model {w / 'model'}, "
+                    f"not from {w / 'more_texts.txt'}", "--overwrite"]),
+    Case("OUTPUT of unknown origin", embed_args("model", "texts.txt", overwrite=False),
+         lambda w: [f"{w / 'earlier.npy'} already exists and no earlier.npy.source.json says", "--overwrite"]),
     Case("--epochs 0", train_args("--epochs", "0"), lambda w: ["'epochs'"]),
     Case("--batch-size -4", train_args("--batch-size", "-4"), lambda w: ["'batch_size'"]),
     Case("--lr 0", train_args("--lr", "0"), lambda w: ["'lr'"]),

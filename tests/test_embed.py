@@ -159,7 +159,7 @@ def test_every_item_failing_is_an_error_that_keeps_the_earlier_output(image_fold
         (broken / name).write_bytes(b"not an image at all")
 
     with pytest.raises(DataError) as info:
-        embed(tiny_model_dir, broken, output, progress=False)
+        embed(tiny_model_dir, broken, output, overwrite=True, progress=False)
     failures_path = tmp_path / "images.npy.failures.json"
     assert str(info.value) == (f"every one of the 2 images failed, so {output} was not written; the reasons are "
                                f"listed in {failures_path} (first: one.png: not an image or an unsupported format)")
@@ -167,7 +167,7 @@ def test_every_item_failing_is_an_error_that_keeps_the_earlier_output(image_fold
     assert {path: path.read_bytes() for path in earlier} == earlier
     assert not (tmp_path / ".images.npy.parts").exists()
 
-    result = CliRunner().invoke(cli, ["embed", str(tiny_model_dir), str(broken), str(output)])
+    result = CliRunner().invoke(cli, ["embed", str(tiny_model_dir), str(broken), str(output), "--overwrite"])
     assert result.exit_code == 1
     assert "every one of the 2 images failed" in result.output and str(failures_path) in result.output
 
@@ -188,3 +188,38 @@ def test_a_text_file_that_is_not_utf8_is_named_by_line(tmp_path, tiny_model_dir)
     with pytest.raises(DataError, match=rf"^{texts}:2: not UTF-8 \(invalid continuation byte 0xe9"):
         embed(tiny_model_dir, texts, tmp_path / "out.npy", progress=False)
     assert not (tmp_path / ".out.npy.parts").exists()
+
+
+def test_an_output_made_from_another_input_is_replaced_only_with_overwrite(tmp_path, tiny_model_dir):
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("a red car\na dog on the grass\n", encoding="utf-8")
+    second.write_text("a boat\nthe sea at night\na tall tree\n", encoding="utf-8")
+    output = tmp_path / "texts.npy"
+    embed(tiny_model_dir, first, output, progress=False)
+    first_embeddings = np.load(output)
+
+    def files() -> dict:
+        return {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+
+    before = files()
+    with pytest.raises(DataError) as info:
+        embed(tiny_model_dir, second, output, progress=False)
+    assert str(info.value) == (f"{output} was made from {first} with model {tiny_model_dir}, not from {second}: "
+                               f"pass --overwrite (overwrite=True) to replace it")
+    assert files() == before and not (tmp_path / ".texts.npy.parts").exists()
+
+    again = embed(tiny_model_dir, first, output, progress=False)  # the same command again is fine
+    assert again.count == 2
+    np.testing.assert_allclose(np.load(output), first_embeddings, atol=1e-6)
+
+    def stop(index, count):
+        raise KeyboardInterrupt
+
+    before = files()
+    with pytest.raises(KeyboardInterrupt):
+        embed(tiny_model_dir, second, output, overwrite=True, chunk_size=1, progress=False, on_chunk_done=stop)
+    assert files() == before, "an unfinished replacement leaves the old output as it was"
+    report = embed(tiny_model_dir, second, output, overwrite=True, chunk_size=1, progress=False)
+    assert report.chunks_reused == 1 and np.load(output).shape == (3, 64)
+    assert json.loads((tmp_path / "texts.npy.ids.json").read_text()) == [1, 2, 3]
+    assert embed(tiny_model_dir, second, output, progress=False).count == 3  # now made from the second file

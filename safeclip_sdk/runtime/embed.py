@@ -6,6 +6,9 @@ with the same arguments skips the finished chunks; the output is assembled and r
 at the end, and the work folder removed. Items that cannot be embedded (corrupt images, empty
 texts) are listed in ``OUTPUT.failures.json`` and get no row; when every item fails, ``embed``
 raises ``DataError`` (the CLI exits non-zero) and leaves ``OUTPUT`` as it was.
+
+``OUTPUT.source.json`` records the input and model an output was made from: an existing output
+made from others is replaced only when asked (``overwrite``), and only once the new one is complete.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
           kind: Literal["image", "text"] | None = None, backend: str = "torch", precision: str = "fp32",
           batch_size: int = 32, device: str = "auto", resume: bool = True, chunk_size: int = 1024,
           progress: bool = True, on_chunk_done: Callable[[int, int], None] | None = None, engine: str = "local",
-          workers: int = 1, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
+          overwrite: bool = False, workers: int = 1, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
           ray_address: str | None = None) -> EmbedReport:
     """Embed every image under a folder, or every text of a file, into one output file.
 
@@ -80,6 +83,8 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
             ``embedding``; needs pyarrow).
         kind: ``image`` or ``text``; by default a folder means images and a file means texts.
         resume: continue an interrupted run of the same job; ``False`` starts over.
+        overwrite: replace an existing ``output`` made from another input or model (without it,
+            that is refused before anything is written; the same input and model need no flag).
         chunk_size: items per saved chunk (the unit of resumption; a resumed run keeps the
             first run's).
         on_chunk_done: called as ``on_chunk_done(chunk_index, chunk_count)`` after each newly
@@ -91,8 +96,9 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
             be reachable from every worker. Needs ``[ray]``.
 
     Raises:
-        DataError: bad inputs or output path, or every item failed (``OUTPUT`` is then left as it
-            was, and ``OUTPUT.failures.json`` lists the reasons).
+        DataError: bad inputs or output path, an output made from another input or model without
+            ``overwrite``, or every item failed (``OUTPUT`` is then left as it was, and
+            ``OUTPUT.failures.json`` lists the reasons).
     """
     started = time.perf_counter()
     output, inputs = Path(output), Path(inputs)
@@ -107,6 +113,8 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
     kind = _detect_kind(inputs, kind)
     settings = {"model": _model_identity(model), "backend": backend, "precision": precision,
                 "kind": kind, "input": str(inputs.resolve())}
+    if not overwrite:
+        _check_made_from(output, settings)
     work = output.parent / f".{output.name}.parts"
     state = _load_or_start(work, settings, inputs, kind, chunk_size, resume)
     ids: list[ItemId] = state["ids"]
@@ -135,7 +143,7 @@ def embed(model: str | os.PathLike, inputs: str | os.PathLike, output: str | os.
                 shutil.rmtree(work)
             raise
         _embed_chunks(encoder, inputs, work, state, kind, pending, progress, on_chunk_done)
-    report = _assemble(work, output, ids, chunk_count, kind)
+    report = _assemble(work, output, ids, chunk_count, kind, settings)
     shutil.rmtree(work)
     report.chunks_total, report.chunks_reused = chunk_count, reused
     report.seconds = time.perf_counter() - started
@@ -273,7 +281,32 @@ def _load_or_start(work: Path, settings: dict[str, str], inputs: Path, kind: str
 
 # --- the output ---
 
-def _assemble(work: Path, output: Path, ids: list[ItemId], chunk_count: int, kind: str) -> EmbedReport:
+def _source_record_path(output: Path) -> Path:
+    return output.with_name(f"{output.name}.source.json")
+
+
+def _check_made_from(output: Path, settings: dict[str, str]) -> None:
+    """Refuse to replace an existing ``output`` unless its record names the same input and model."""
+    if not output.exists():
+        return
+    record_path = _source_record_path(output)
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        made_from = (record["input"], record["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{output} already exists and no {record_path.name} says what it was made from: pass "
+                        f"--overwrite (overwrite=True) to replace it") from None
+    if made_from == (settings["input"], settings["model"]):
+        return
+    wanted = [f"from {settings['input']}"] if made_from[0] != settings["input"] else []
+    if made_from[1] != settings["model"]:
+        wanted.append(f"with model {settings['model']}")
+    raise DataError(f"{output} was made from {made_from[0]} with model {made_from[1]}, not {' '.join(wanted)}: "
+                    f"pass --overwrite (overwrite=True) to replace it")
+
+
+def _assemble(work: Path, output: Path, ids: list[ItemId], chunk_count: int, kind: str,
+              settings: dict[str, str]) -> EmbedReport:
     metas = [json.loads(chunk_meta_path(work, i).read_text(encoding="utf-8")) for i in range(chunk_count)]
     row_ids = [ids[row] for meta in metas for row in meta["rows"]]
     failures = [failure for meta in metas for failure in meta["failures"]]
@@ -282,21 +315,31 @@ def _assemble(work: Path, output: Path, ids: list[ItemId], chunk_count: int, kin
 
     failures_path = output.with_name(f"{output.name}.failures.json")
     if failures:
-        atomic_write_text(failures_path, json.dumps(failures, indent=1))
         report.failures_path = failures_path
-    else:
-        failures_path.unlink(missing_ok=True)  # left over from an earlier run of the same output
     if not row_ids:
+        atomic_write_text(failures_path, json.dumps(failures, indent=1))
         shutil.rmtree(work)  # nothing to resume: every chunk is done, and every item failed
         first = failures[0]
         raise DataError(f"every one of the {len(failures)} {kind}s failed, so {output} was not written; "
                         f"the reasons are listed in {failures_path} (first: {first['id']}: {first['reason']})")
     if output.suffix == ".npy":
         report.ids_path = output.with_name(f"{output.name}.ids.json")
-        atomic_write_text(report.ids_path, json.dumps(row_ids))
-        atomic_write(output, lambda tmp: _write_npy(tmp, arrays, len(row_ids)))
-    else:
-        atomic_write(output, lambda tmp: _write_parquet(tmp, arrays, row_ids))
+
+    def write(tmp: Path) -> None:
+        if output.suffix == ".npy":
+            _write_npy(tmp, arrays, len(row_ids))
+        else:
+            _write_parquet(tmp, arrays, row_ids)
+        # the side files change only once the new output is complete, just before it is renamed in
+        if failures:
+            atomic_write_text(failures_path, json.dumps(failures, indent=1))
+        else:
+            failures_path.unlink(missing_ok=True)  # left over from an earlier output
+        if report.ids_path is not None:
+            atomic_write_text(report.ids_path, json.dumps(row_ids))
+        atomic_write_text(_source_record_path(output), json.dumps(settings))
+
+    atomic_write(output, write)
     return report
 
 
