@@ -7,6 +7,7 @@ every file that existed before the command byte-for-byte unchanged after it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 pytestmark = pytest.mark.service
@@ -93,6 +95,9 @@ def world(tiny_model_dir, tmp_path_factory) -> Path:
 
     other = load_model("safeclip-demo").model.state_dict()  # a checkpoint of another architecture
     save_file({key: value.contiguous() for key, value in other.items()}, str(root / "other.safetensors"))
+    # a checkpoint with a pickled object beside its tensors, as many training scripts save them;
+    # protocol 4 (what large checkpoints need) is where torch adds a warning of its own
+    torch.save({"state_dict": other, "args": argparse.Namespace(lr=1e-4)}, root / "pickled.pt", pickle_protocol=4)
 
     export = root / "export"
     export.mkdir()
@@ -172,6 +177,8 @@ CASES = [
     Case("bf16 on a CPU", train_args("--precision", "bf16"), lambda w: ["precision bf16 needs a GPU"]),
     Case("checkpoint of another architecture", train_args("--pretrained", "other.safetensors"),
          lambda w: ["other.safetensors: tensor '", "but safeclip-tiny needs", "another architecture"]),
+    Case("pickled checkpoint", train_args("--pretrained", "pickled.pt"),
+         lambda w: ["pickled.pt: refused: the file holds pickled Python objects", "save the weights as safetensors"]),
     Case("export with bad eval data", lambda w: ["export", str(w / "model"), "--onnx", str(w / "onnx"), "--int8",
                                                  "--eval-data", str(w / "missing_field.jsonl")],
          lambda w: [f"{w / 'missing_field.jsonl'}:2: missing field 'safe_text'"]),

@@ -27,6 +27,7 @@ import logging
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -163,7 +164,10 @@ def weights_errors(weights: str | os.PathLike) -> Iterator[None]:
     from safetensors import SafetensorError
 
     try:
-        yield
+        with warnings.catch_warnings():
+            # torch's warning on pickle protocols above 2 would print beside safeclip's one-line error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            yield
     except ModelLoadError:
         raise
     except pickle.UnpicklingError as error:
