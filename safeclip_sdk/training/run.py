@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .._utils.devices import resolve_device
-from .._utils.files import atomic_write_text
+from .._utils.files import atomic_write_text, staged_folder
 from .._utils.version import __version__
 from ..data.quadruplets import QuadrupletSet
 from ..errors import SafeclipError
@@ -143,8 +143,9 @@ def _train(config: TrainConfig, device: torch.device, context: DistributedContex
         metadata = _model_metadata(config, base.pretrained, report, method_metadata)
         verdict = _verdict(config, base, merged, metadata, val_set or train_set, device, held_out=val_set is not None)
         metadata["verdict"] = report["verdict"] = verdict.to_dict()
-        save_model_dir(model_dir, merged, base.model_cfg, base.preprocess_cfg, metadata=metadata,
-                       model_card=render_model_card(metadata))
+        with staged_folder(model_dir) as stage:  # a model folder from an earlier run stays whole until then
+            save_model_dir(stage, merged, base.model_cfg, base.preprocess_cfg, metadata=metadata,
+                           model_card=render_model_card(metadata))
         atomic_write_text(run_dir / "report.json", _json(report))
         logger.info("verdict on %s:\n%s", verdict.data, verdict.table())
         if not verdict.safer:
