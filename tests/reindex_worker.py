@@ -1,7 +1,10 @@
-"""A reindex in its own process, for the kill tests: ``python -m tests.reindex_worker DB MODEL LOG``.
+"""A reindex in its own process, for the kill tests:
+``python -m tests.reindex_worker DB MODEL LOG BATCH [--new-version]``.
 
 It appends one line per embedding call and per upsert to LOG (``embed N`` / ``upsert N``), written
 with O_APPEND before the call returns, so the parent can count the work of runs it killed.
+``--new-version`` passes ``new_version=True``: a follow-up reindex that builds the next version
+with the same model and settings.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from safeclip_sdk.integrations import open_store
 from safeclip_sdk.index.reindex import reindex
 
 
-def main(db: str, model: str, log_path: str, batch_size: str) -> None:
+def main(db: str, model: str, log_path: str, batch_size: str, *flags: str) -> None:
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     encoder = Encoder.load(model)
     encode_text = encoder.encode_text
@@ -34,7 +37,8 @@ def main(db: str, model: str, log_path: str, batch_size: str) -> None:
 
     store.upsert = logged_upsert
     report = reindex(store, "docs", encoder=encoder, text_field="text", batch_size=int(batch_size), num_ranges=4,
-                     progress=False, report=os.path.join(os.path.dirname(db), "report.json"))
+                     new_version="--new-version" in flags, progress=False,
+                     report=os.path.join(os.path.dirname(db), "report.json"))
     os.write(log, b"done\n")
     print(report.summary())
     store.close()
