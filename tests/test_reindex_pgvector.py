@@ -26,12 +26,14 @@ from tests.test_reindex import (  # noqa: F401 - collected here with this module
     test_complete_point_gives_an_application_point_the_safe_layout, test_dry_run_writes_nothing,
     test_full_mode_replaces_one_named_vector_and_carries_the_others, test_missing_collection_and_missing_field,
     test_plain_collection_is_adopted_only_when_asked_and_can_roll_back,
-    test_second_reindex_makes_a_new_version_and_drop_old, test_side_by_side_adds_safe_vectors_and_scores,
+    test_follow_up_side_by_side_drops_the_old_safe_vector_of_points_whose_source_now_fails,
+    test_rerun_of_a_finished_reindex_is_already_done_and_new_version_makes_v2, test_side_by_side_adds_safe_vectors_and_scores,
     test_side_by_side_keep_leaves_unreadable_points_without_a_safe_vector,
     test_unreadable_sources_are_left_out_and_counted_with_skip,
     test_unreadable_sources_keep_their_old_vectors_with_a_flag, test_vector_size_that_does_not_fit_the_model)
 from tests.test_reindex_live import (  # noqa: F401
-    test_three_way_rule_after_the_switch, test_writer_through_the_whole_reindex_loses_nothing)
+    test_complete_point_writes_through_a_follow_up_reindex_are_never_refused, test_three_way_rule_after_the_switch,
+    test_writer_through_the_whole_reindex_loses_nothing)
 from tests.test_reindex_resume import (  # noqa: F401
     test_failing_server_stops_with_one_line_and_a_rerun_completes, test_sigkill_at_random_moments_then_finish)
 
