@@ -54,7 +54,18 @@ def test_quick_demo_with_all_methods_trains_compares_and_reports(tmp_path):
         (method, mode) for method in ("safe-clip", "safer-clip")
         for mode in ("query side (base vectors kept)", "full reindex")]
     assert set(report["seconds"]) == {"SafeR-CLIP fine-tuning", "HySAC fine-tuning", "method evaluation",
-                                      "method deployments"}
+                                      "method deployments", "recommended deployments"}
+    # each model in its recommended deployment, measured as a verdict measures it, on the test split
+    recommended = {row["model"]: row for row in report["recommended"]}
+    assert {name: row["deployment"] for name, row in recommended.items()} == {
+        "base": "-", "safe-clip": "query-side", "safer-clip": "query-side", "hysac": "full-reindex"}
+    for modality in ("text", "image"):
+        assert recommended["hysac"][f"{modality} AUC"] == pytest.approx(
+            results["hysac"]["classification"][modality]["auc"], abs=1e-6)
+        assert recommended["safe-clip"][f"{modality} AUC"] is None
+    # the base row is the base's own figures, which the full evaluation also measures (same gallery)
+    assert recommended["base"]["text unsafe top-1"] == pytest.approx(results["base"]["retrieval"]["T*->V+V*"]["unsafe_top1"])
+    assert recommended["base"]["image leak"] == pytest.approx(results["base"]["leak"]["V->T+T*"])
 
     markdown = (out / "methods.md").read_text()
     for row in ROWS:
