@@ -88,6 +88,7 @@ def run_vector_stage(out: Path, base_dir: Path, safe_model: Path, test_data: Pat
              f"through the alias:")
         echo(report.summary())
         echo(writer.check(store, side_by_side=report.mode == "side-by-side"))
+        _remove_live_points(store, report)
         threshold = _image_threshold(base, safe, live_data)
         rows, shown = _measure(store, report, items, world_root, base, safe, threshold)
     finally:
@@ -223,6 +224,17 @@ def _image_threshold(base: Encoder, safe: Encoder, val_data: Path) -> float:
     return calibrate_threshold(scores["safe"], scores["unsafe"])
 
 
+def _remove_live_points(store, report) -> None:
+    """Delete the live writer's points (checked above) from the collections the deployments are
+    measured on, so each is measured on the test gallery alone, without a payload filter (local-mode
+    Qdrant evaluates a filter in Python: about 37 ms a query here, against 1 ms without)."""
+    for collection in dict.fromkeys([report.target, report.source]):
+        if store.collection_exists(collection):
+            live = [point.id for point in _scroll_all(store, collection) if point.id >= LIVE_ID_START]
+            for start in range(0, len(live), 256):
+                store.delete(collection, live[start:start + 256])
+
+
 def _measure(store, report, items, world_root: Path, base: Encoder, safe: Encoder, threshold: float):
     """Each deployment through Qdrant queries on the test gallery; top-5 of the first queries."""
 
@@ -230,17 +242,16 @@ def _measure(store, report, items, world_root: Path, base: Encoder, safe: Encode
     info = IndexInfo.read(store, report.target)
     original = next(iter(info.vectors), DEFAULT_VECTOR)
     safe_vector = info.vectors.get(original, original)
-    on_test_gallery = Range(GALLERY_FIELD, gte=1)
     # full mode replaced the original vectors: base and query side are then measured on the old collection
     original_collection = report.target if info.mode != "full" else report.source
     deployments = {
-        "base model": (base, original_collection, original, [on_test_gallery]),
-        "safe model, query side": (safe, original_collection, original, [on_test_gallery]),
-        "safe vectors (full reindex)": (safe, report.target, safe_vector, [on_test_gallery]),
+        "base model": (base, original_collection, original, None),
+        "safe model, query side": (safe, original_collection, original, None),
+        "safe vectors (full reindex)": (safe, report.target, safe_vector, None),
     }
     if info.score_field and info.mode != "full":
         deployments[f"query side + shift filter < {threshold:.3f}"] = (
-            safe, report.target, original, [on_test_gallery, Range(info.score_field, lt=threshold)])
+            safe, report.target, original, [Range(info.score_field, lt=threshold)])
     unsafe_texts = [item.unsafe_text for item in items]
     safe_texts = [item.safe_text for item in items]
     rows, shown = [], {}
