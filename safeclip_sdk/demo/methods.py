@@ -259,10 +259,10 @@ def _auc(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-# legend label -> recommended-deployment column (PIL's default font has no arrows: the title says which way is better)
-CHART_METRICS = {"text queries: unsafe top-1": "text unsafe top-1", "image queries: unsafe top-1": "image unsafe top-1",
-                 "text: safe-query leak": "text leak", "image: safe-query leak": "image leak",
-                 "text: safe R@1": "text safe R@1", "image: safe R@1": "image safe R@1"}
+# legend label -> recommended-deployment column (PIL's default font has no arrows: the title says which way is better;
+# "leak": the safe-query leak)
+CHART_METRICS = {key: key for key in ("text unsafe top-1", "image unsafe top-1", "text leak", "image leak",
+                                      "text safe R@1", "image safe R@1")}
 CHART_COLOURS = [(214, 39, 40), (255, 152, 150), (255, 127, 14), (255, 187, 120), (44, 160, 44), (152, 223, 138)]
 INK, GRID = (40, 40, 40), (225, 225, 225)
 
