@@ -131,6 +131,9 @@ class Method(TrainingHooks):
     title: ClassVar[str]                       # the paper, for model cards and docs
     summary: ClassVar[str]                     # one paragraph for the model card
     uses_frozen_reference: ClassVar[bool] = True
+    # how many times the shared schedule this method gets when methods are compared side by side
+    # (the demo's --all-methods): a method that moves the base into a new geometry needs more steps
+    schedule_factor: ClassVar[int] = 1
     resumable_settings: ClassVar[tuple[str, ...]] = ()  # section keys a resumed run may change
     # inference: what the trained model does (see methods/inference.py)
     inference_class: ClassVar[type[Inference]] = Inference

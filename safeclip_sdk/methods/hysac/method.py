@@ -50,6 +50,9 @@ class HySAC(Method):
     metadata_keys = (SETTINGS_KEY,)
     space_kinds = (LORENTZ,)
     display_name = "HySAC"
+    # measured on the demo world (docs/methods.md): 138 steps leave the image classifier at ROC AUC 0.87
+    # and safe text recall 11 points down; 276 steps reach 0.92 and 4 points
+    schedule_factor = 2
     title = "HySAC, Hyperbolic Safety-Aware CLIP (Poppi et al., CVPR 2025)"
     summary = ("Safe and unsafe content were placed in an entailment hierarchy of a hyperbolic (Lorentz) space: "
                "safe content near the origin, unsafe content further out. The distance from the origin "
