@@ -44,6 +44,12 @@ DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit, here applied per cal
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 BACKGROUND = (255, 255, 255)  # what transparent pixels are composited onto
 
+# Every image safeclip opens has its size checked against max_pixels from the header, so PIL's
+# decompression-bomb WARNING only prints noise beside safeclip's error (its ERROR, at twice its
+# limit, is still raised and reported). Filtered once at import: warnings.catch_warnings is not
+# thread-safe, and images are checked and decoded in threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 # Errors PIL raises on damaged files; which one depends on the format plugin.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
@@ -156,10 +162,7 @@ def _decode(file: BinaryIO, max_pixels: int, label: str) -> Image.Image:
 def _decode_errors(label: str, max_pixels: int):
     """Turn what PIL raises on a bad file into one ImageError line."""
     try:
-        with warnings.catch_warnings():
-            # the size is checked against max_pixels from the header; PIL's own warning is noise
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
+        yield
     except ImageError:
         raise
     except Image.DecompressionBombError as error:  # PIL's process-wide limit, met in Image.open
