@@ -25,6 +25,7 @@ from safeclip_sdk.integrations import open_store
 from safeclip_sdk.index.reindex import reindex
 from tests.reindex_world import cosine, everything, make_text_collection, without_reserved
 from tests.test_reindex_live import Writer
+from tests.test_reindex_resume import _log_lines
 
 pytestmark = pytest.mark.service
 
@@ -34,10 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def encoder(tiny_model_dir):
     return Encoder.load(tiny_model_dir)
-
-
-def _log_lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def test_complete_point_writer_through_a_killed_follow_up_reindex_on_pgvector(pg_dsn, tmp_path, tiny_model_dir,
