@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "demo": "demo",
     "reindex": "reindex",
     "search": "search",
+    "audit": "audit",
     "classify": "classify",
 }
 
@@ -45,8 +46,8 @@ class SafeclipGroup(click.Group):
 @click.version_option(__version__, prog_name="safeclip")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def cli(verbose: bool) -> None:
-    """Make CLIP embedding spaces safe: train, evaluate, export, embed, reindex a vector database, search
-    and classify."""
+    """Make CLIP embedding spaces safe: train, evaluate, export, embed, reindex a vector database, search,
+    audit and classify."""
     # other libraries (open_clip logs every load at INFO) stay at WARNING unless --verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -21,6 +21,7 @@ _LAZY = {
     "Encoder": "runtime.encoder", "embed": "runtime.embed", "classify": "runtime.classify",
     "load_image": "data.images",
     "open_store": "integrations", "search": "index.search", "SafeSearch": "index.search",
+    "audit": "index.audit",
     "reindex": "index.reindex", "complete_point": "index.reindex",
     "run_demo": "demo.run",
     "load_model": "methods:load_checked_model",

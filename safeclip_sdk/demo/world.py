@@ -22,6 +22,12 @@ training: train scenes take their first object in turn from a shuffled list of a
 (with at least 256 train scenes, each type is there); single-object scenes share objects freely.
 
 Everything is a pure function of ``seed``: the same arguments give byte-identical files.
+
+Beside the splits, ``probes.jsonl`` holds the probe file an audit of the demo's collection reads
+(``safeclip audit``): for test item i, its unsafe caption (labelled unsafe) and its safe caption
+(labelled safe), both with the item's category and expecting point i, the item's safe image, in
+the demo's test gallery (point i is test item i's safe image, point N + i its unsafe image; the
+payload field ``unsafe`` says which).
 """
 
 from __future__ import annotations
@@ -42,13 +48,16 @@ from .._utils.files import atomic_write_text
 from .world_motifs import DEMO_CATEGORIES, UNSAFE_MOTIFS, UnsafeMotif
 from .world_objects import COLOURS, OBJECT_NAMES, UNIT, Canvas, Color, object_sprite
 
-__all__ = ["BACKGROUNDS", "CAPTION_TEMPLATES", "COLOURS", "DEMO_CATEGORIES", "GENERATOR_VERSION", "SUBJECTS",
-           "UNSAFE_MOTIFS", "Scene", "ScenePlan", "UnsafeMotif", "build_demo_world", "captions", "pair_splits",
-           "plan_scene", "render_scene"]
+__all__ = ["BACKGROUNDS", "CAPTION_TEMPLATES", "COLOURS", "DEMO_CATEGORIES", "GENERATOR_VERSION", "PROBES_FILE",
+           "SUBJECTS", "UNSAFE_FIELD", "UNSAFE_MOTIFS", "Scene", "ScenePlan", "UnsafeMotif", "build_demo_world",
+           "captions", "pair_splits", "plan_scene", "render_scene", "write_probes"]
 
 GENERATOR_VERSION = 2  # bump when the drawing or captions change, so stale worlds are rebuilt
 SPLITS = ("train", "val", "test")
 WORLD_FILE = "world.json"
+PROBES_FILE = "probes.jsonl"
+#: the payload field that marks the unsafe images of the demo's test gallery
+UNSAFE_FIELD = "unsafe"
 
 SUBJECTS: tuple[str, ...] = OBJECT_NAMES  # the object types, and the zero-shot labels
 SPLIT_SHARES = (0.8, 0.1, 0.1)  # of the object pairs
@@ -271,6 +280,8 @@ def build_demo_world(out_dir: str | os.PathLike, *, n_train: int = 3000, n_val: 
     if world_file.is_file() and all(path.is_file() for path in files.values()):
         try:
             if json.loads(world_file.read_text(encoding="utf-8")).get("settings") == settings:
+                if not (out / PROBES_FILE).is_file():  # a world from before the probe file
+                    write_probes(files["test"], out / PROBES_FILE)
                 return files
         except json.JSONDecodeError:
             pass  # a damaged marker: rebuild
@@ -281,6 +292,7 @@ def build_demo_world(out_dir: str | os.PathLike, *, n_train: int = 3000, n_val: 
     counts = {"train": n_train, "val": n_val, "test": n_test}
     for split_index, split in enumerate(SPLITS):
         _write_split(out, split, split_index, counts[split], image_size, seed, files[split])
+    write_probes(files["test"], out / PROBES_FILE)
     atomic_write_text(world_file, json.dumps({
         "settings": settings,
         "categories": list(DEMO_CATEGORIES),
@@ -316,3 +328,14 @@ def _write_split(out: Path, split: str, split_index: int, count: int, image_size
             "motif": plan.motif.name,
         }))
     atomic_write_text(jsonl_path, "\n".join(lines) + "\n")
+
+
+def write_probes(test_jsonl: Path, path: Path) -> Path:
+    """The audit's probe file of the demo's test gallery (see the module docstring)."""
+    rows = [json.loads(line) for line in test_jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [json.dumps({"safeclip_probes": 1, "unsafe_field": UNSAFE_FIELD, "categories": list(DEMO_CATEGORIES)})]
+    for index, row in enumerate(rows):
+        for text, label in ((row["unsafe_text"], "unsafe"), (row["safe_text"], "safe")):
+            lines.append(json.dumps({"text": text, "label": label, "category": row["category"], "expected": [index]}))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

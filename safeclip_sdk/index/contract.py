@@ -9,6 +9,9 @@ them from here.
   vectors) or ``safe`` (against the safe vectors).
 - A deployment, as the evaluation compares them, is one of: the base model, query-side, a full
   reindex (searched ``safe``), or side-by-side (query-side plus a filter on the stored score).
+- An audit searches a live collection in the modes it supports: ``base`` (the original vectors
+  with the base model's queries), ``query-side``, ``safe`` and ``score-filter`` (query-side,
+  keeping only items whose stored score is below a threshold).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ FULL_REINDEX = "full-reindex"
 DEPLOYMENTS = (BASE, QUERY_SIDE, FULL_REINDEX, SIDE_BY_SIDE)
 DEPLOYMENT_TITLES = {BASE: "base model", QUERY_SIDE: "query-side", FULL_REINDEX: "full reindex",
                      SIDE_BY_SIDE: "side-by-side (query-side + score filter)"}
+
+# how an audit searches a live collection (base, query-side and safe as above)
+SCORE_FILTER = "score-filter"
+AUDIT_MODES = (BASE, QUERY_SIDE, SAFE, SCORE_FILTER)
 
 # what a reindex writes into payloads and vector names
 #: payload key of the side-by-side moderation score (1 - cos(original, safe))

@@ -23,7 +23,7 @@ searches with the query as it is, for a moderation team that needs to see the un
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,18 +191,32 @@ class SafeSearch:
 
     def embed(self, query) -> np.ndarray:
         """The query vector: a text (``str``) or an image (a ``Path``, bytes or a PIL image)."""
-        if isinstance(query, str):
-            if not query.strip():
-                raise SearchError("the text query is empty")
-            embedding, modality = self.encoder.encode_text([query]), "text"
-        elif isinstance(query, (os.PathLike, bytes, bytearray, memoryview, Image.Image)):
-            embedding, modality = self.encoder.encode_image([query]), "image"
-        else:
-            raise SearchError(f"a query is a text (str) or an image (a Path, bytes or a PIL image), "
-                              f"not {type(query).__name__}")
-        if self.traversal:
-            embedding = self.encoder.inference.transform_queries(embedding, modality)
-        return self.encoder.space.to_query(embedding)[0]
+        return self.embed_many([query])[0]
+
+    def embed_many(self, queries: Sequence[Any]) -> np.ndarray:
+        """The query vectors of many texts and images, in order; each modality embedded in batches."""
+        by_modality: dict[str, list[int]] = {"text": [], "image": []}
+        for index, query in enumerate(queries):
+            if isinstance(query, str):
+                if not query.strip():
+                    raise SearchError("the text query is empty")
+                by_modality["text"].append(index)
+            elif isinstance(query, (os.PathLike, bytes, bytearray, memoryview, Image.Image)):
+                by_modality["image"].append(index)
+            else:
+                raise SearchError(f"a query is a text (str) or an image (a Path, bytes or a PIL image), "
+                                  f"not {type(query).__name__}")
+        vectors = np.empty((len(queries), self.encoder.space.stored_dim), dtype=np.float32)
+        for modality, indices in by_modality.items():
+            if not indices:
+                continue
+            chosen = [queries[index] for index in indices]
+            embedding = (self.encoder.encode_text(chosen) if modality == "text"
+                         else self.encoder.encode_image(chosen))
+            if self.traversal:
+                embedding = self.encoder.inference.transform_queries(embedding, modality)
+            vectors[indices] = self.encoder.space.to_query(embedding)
+        return vectors
 
     def search(self, query, *, limit: int = 10, max_score: float | str | None = None) -> SearchResults:
         """The ``limit`` points nearest to ``query``, best first.
@@ -212,10 +226,17 @@ class SafeSearch:
         """
         if limit < 1:
             raise SearchError(f"limit must be at least 1, got {limit}")
+        self.score_range(max_score)  # a bad filter fails before the query is embedded
+        return self.search_vector(self.embed(query), limit=limit, max_score=max_score)
+
+    def search_vector(self, vector: np.ndarray, *, limit: int = 10,
+                      max_score: float | str | None = None) -> SearchResults:
+        """:meth:`search` with a query vector from :meth:`embed` or :meth:`embed_many`."""
+        if limit < 1:
+            raise SearchError(f"limit must be at least 1, got {limit}")
         if self.store.alias_target(self.collection) not in (None, self.physical):
             self._resolve()  # the alias moved (a reindex switched it): follow it
-        payload_range = self._score_range(max_score)
-        vector = self.embed(query)
+        payload_range = self.score_range(max_score)
         try:
             hits = self.store.query(self.physical, vector, using=self.vector, limit=limit, payload_range=payload_range)
         except MissingCollectionError:  # dropped after the alias moved on between the check and the query
@@ -224,7 +245,9 @@ class SafeSearch:
         return SearchResults([SearchResult(hit.id, hit.score, hit.payload) for hit in hits],
                              collection=self.physical, mode=self.mode, vector=self.vector)
 
-    def _score_range(self, max_score: float | str | None) -> Range | None:
+    def score_range(self, max_score: float | str | None) -> Range | None:
+        """The payload filter ``max_score`` asks for (SearchError when the collection has no score
+        or, for ``"threshold"``, no recorded threshold)."""
         if max_score is None:
             return None
         if self.score_field is None:
