@@ -78,7 +78,7 @@ def audit(store: str | os.PathLike | VectorStore, collection: str, model: str | 
             encoder = _load(model)
         wants_base = modes is None or BASE in modes
         if base_encoder is None and wants_base:
-            base_source = base_model or _recorded_base(model)
+            base_source = base_model or recorded_base_model(model)
             if base_source is None and modes is not None:
                 raise AuditError(f"mode '{BASE}' needs the model the original vectors were embedded with "
                                  f"(base_model=..., --base-model)")
@@ -174,7 +174,7 @@ def _load(source: str | os.PathLike):
     return Encoder.load(source, backend="auto")
 
 
-def _recorded_base(model: str | os.PathLike | None) -> str | None:
+def recorded_base_model(model: str | os.PathLike | None) -> str | None:
     """The base model a safe model folder records (``safeclip.json``'s ``base_model``), when the
     Encoder can load it by its source alone (no pretrained tag)."""
     metadata_path = Path(os.fspath(model)) / "safeclip.json" if model is not None else None

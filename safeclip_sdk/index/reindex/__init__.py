@@ -28,6 +28,7 @@ from . import state as st
 from .engine import (ABANDONED, MAX_PASSES, VERIFY_SAMPLE, Job, ReindexReport, check_resumable, is_active,
                      next_version, report_of, start_job, write_report)
 from .dryrun import dry_run_plan
+from .gate import GateFailed, GateLimits, gate_settings
 from .pipeline import PointBuilder
 from .sources import SourceReader
 from ..contract import DEFAULT_REINDEX_MODE, DEFAULT_SCORE_FIELD, REINDEX_MODES, SIDE_BY_SIDE, UNSAFE_SCORE_FIELD
@@ -36,7 +37,8 @@ from .plan import (DEFAULT_BATCH_SIZE, DEFAULT_RANGES, ON_ERROR, Plan, ReindexEr
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["reindex", "rollback", "cleanup", "complete_point", "ReindexReport", "ReindexError", "DEFAULT_BATCH_SIZE"]
+__all__ = ["reindex", "rollback", "cleanup", "complete_point", "ReindexReport", "ReindexError", "GateFailed",
+           "GateLimits", "DEFAULT_BATCH_SIZE"]
 
 
 def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str | os.PathLike | None = None, *,
@@ -45,7 +47,11 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
             on_error: str = "keep", batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,
             drop_old: bool = False, allow_urls: bool = False, adopt: bool = False,
             score_field: str | None = None, score: bool = True, report: str | os.PathLike | None = None,
-            new_version: bool = False,
+            new_version: bool = False, gate: str | os.PathLike | None = None,
+            gate_image_root: str | os.PathLike | None = None, base_model: str | os.PathLike | None = None,
+            max_unsafe_top1_increase: float = GateLimits.max_unsafe_top1_increase,
+            max_leak_increase: float = GateLimits.max_leak_increase,
+            max_recall_drop: float = GateLimits.max_recall_drop, resume_switch: bool = False,
             encoder=None, num_ranges: int = DEFAULT_RANGES, max_passes: int = MAX_PASSES,
             verify_samples: int = VERIFY_SAMPLE, progress: bool = True, engine: str = "local", workers: int = 1,
             gpus_per_worker: float = 0, cpus_per_worker: float = 1,
@@ -79,6 +85,19 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
         report: path of a JSON report (counts, passes, verification, every failed source).
         new_version: build a new version even when the alias already serves one made by this model
             with these settings (without it such a rerun reports ``already_done`` and writes nothing).
+        gate: a probe file (see ``safeclip_sdk.index.probes``): before the switch, audit the old and
+            the new collection and switch only if the new one is no less safe (see ``gate.py``);
+            otherwise :class:`GateFailed` is raised, the alias stays and the new collection is kept.
+        gate_image_root: the folder the probe file's image probes are relative to.
+        base_model: the model the old collection's vectors were embedded with, when the gate audits a
+            collection safeclip did not build (default: the base named in the safe model's
+            ``safeclip.json``).
+        max_unsafe_top1_increase, max_leak_increase, max_recall_drop: the gate's limits, in
+            percentage points: how much higher the new unsafe top-1 and leak, and how much lower
+            the safe probes' R@1, may be than the old collection's.
+        resume_switch: switch a job that a failed gate stopped (after a person looked): its new
+            collection is reconciled once more and the alias switched; the gate's decision stays in
+            the record, marked as overridden.
         num_ranges: id ranges the job is split into, each with its own cursor.
         max_passes: reconciliation passes before the switch, at most.
         verify_samples: points whose vectors are recomputed and compared before the switch.
@@ -115,6 +134,9 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
     sources = {"image_field": image_field, "text_field": text_field, "allow_urls": bool(allow_urls),
                "image_root": str(Path(image_root).resolve()) if image_root else None}
     reader = _reader(sources)
+    limits = GateLimits(max_unsafe_top1_increase, max_leak_increase, max_recall_drop)
+    gated = None if gate is None or dry_run else gate_settings(gate, image_root=gate_image_root,
+                                                               base_model=base_model, limits=limits)
     given, store = store, open_store(store)
     try:
         if encoder is None:
@@ -137,8 +159,14 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
         if is_active(job) and job["plan"]["adopt"]:
             Job(store, job, PointBuilder(Plan.from_dict(job["plan"]), encoder, reader), **options).run()
             job, adopted = st.read_job(store, collection), True
+        if resume_switch:
+            _override_gate(store, collection, job)
         if is_active(job):
             check_resumable(job, settings, probe)
+            if gated is not None and (job.get("gate") or {}).get("settings") != gated:
+                raise ReindexError(f"an unfinished reindex of '{collection}' (phase {job['phase']}) was started with "
+                                   f"another gate (or none): rerun it as it was started, or run 'safeclip reindex "
+                                   f"cleanup' to abandon it")
             logger.info("resuming the unfinished reindex of '%s' into %s (phase %s)", collection,
                         job["plan"]["target"], job["phase"])
             job["plan"]["batch_size"] = batch_size
@@ -156,9 +184,14 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
                 source, adopted = adoption.target, True
             plan = build_plan(store, collection, source, encoder, settings, batch_size,
                               next_version(store, collection, (job or {}).get("history", [])))
-            job = start_job(store, plan, label, probe, encoder.space.to_dict(), settings, job, num_ranges)
+            job = start_job(store, plan, label, probe, encoder.space.to_dict(), settings, job, num_ranges, gated)
         runner = _runner(store, job, PointBuilder(Plan.from_dict(job["plan"]), encoder, reader), options, distributed)
-        runner.run()
+        try:
+            runner.run()
+        except GateFailed:
+            if report is not None:  # both audits and the decision, for the person who decides next
+                write_report(report_of(store, job, runner.failures), report)
+            raise
         plan = runner.plan
         dropped = False
         if drop_old and store.collection_exists(plan.source) and store.alias_target(collection) == plan.target:
@@ -176,6 +209,18 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
     finally:
         if store is not given:
             store.close()
+
+
+def _override_gate(store: VectorStore, collection: str, job: dict[str, Any] | None) -> None:
+    """Let a job that a failed gate stopped go on to the switch, reconciling once more first (the
+    old collection kept taking writes while a person looked)."""
+    gate = (job or {}).get("gate") or {}
+    if not is_active(job) or job["phase"] != st.GATE or gate.get("decision", {}).get("passed", True):
+        raise ReindexError(f"no reindex of '{collection}' is waiting at a failed gate: nothing to switch "
+                           f"(safeclip reindex status shows where it stands)")
+    gate["override"] = True
+    job["phase"] = st.RECONCILE
+    st.write_job(store, job)
 
 
 def _finished_by(store: VectorStore, collection: str, job: dict[str, Any] | None, settings: dict[str, Any],

@@ -1,4 +1,4 @@
-"""The reindex job: create, copy, reconcile, verify, switch, reconcile once more, done.
+"""The reindex job: create, copy, reconcile, verify, gate, switch, reconcile once more, done.
 
 Each phase ends by writing the job state to the database, and each phase can be run again after a
 kill: the copy continues from its range cursors, the reconciliation passes and the switch are
@@ -23,6 +23,7 @@ from . import state as st
 from .pipeline import Built, PointBuilder, copy_range
 from .plan import Plan, ReindexError, same_model, split_ranges, versions
 from ..contract import ERROR_FIELD
+from .gate import GateFailed, run_gate, summary as gate_summary
 from .reconcile import final_pass, payload_hash, reconcile_pass
 from .verify import verify_sample
 
@@ -59,6 +60,7 @@ class ReindexReport:
     dry_run: bool = False
     plan: dict[str, Any] | None = None  # a dry run's plan and estimate (see ``dryrun.py``)
     already_done: bool = False  # the alias already served this model's version: nothing was written
+    gate: dict[str, Any] | None = None  # the safety gate: settings, both audits, the decision (gate.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items()}
@@ -81,6 +83,8 @@ class ReindexReport:
                 lines.append(f"  {failure['id']!r}: {failure['reason']}")
             if len(self.failures) > 5:
                 lines.append(f"  ... {len(self.failures) - 5} more")
+        if self.gate and "decision" in self.gate:
+            lines.append(gate_summary(self.gate))
         if self.report_path:
             lines.append(f"report: {self.report_path}")
         lines.append(f"old collection {self.source} " + ("dropped" if self.dropped_old else
@@ -122,6 +126,9 @@ class Job:
             base = self._reconcile()
             if not plan.adopt:
                 self.job["base_chunks"] = st.write_base(store, plan.alias, *base)
+            self.save(st.GATE if self.job.get("gate") else st.SWITCH)
+        if self.phase == st.GATE:
+            self._gate()
             self.save(st.SWITCH)
         if self.phase == st.SWITCH:
             self._switch()
@@ -194,12 +201,27 @@ class Job:
         self.job["after_switch"] = result.after_switch_dict()
         self.save()
 
+    def _gate(self) -> None:
+        """Audit the old and the new collection and switch only if the new one is no less safe (a
+        decision already taken is kept: a rerun after a kill during the audits takes it again)."""
+        gate, plan = self.job["gate"], self.plan
+        if "decision" not in gate:
+            self._write_index_info()  # the new collection's record: how the audit (and readers) search it
+            gate.update(run_gate(self.store, plan.source, plan.target, self.builder.encoder, self.job["model"],
+                                 gate["settings"]))
+            self.save()
+            self._write_index_info()  # now with both audits and the decision
+        if not gate["decision"]["passed"] and not gate.get("override"):
+            raise GateFailed(f"gate failed, '{plan.alias}' still serves {plan.source}: {gate['decision']['failed']}; "
+                             f"{plan.target} is kept (safeclip reindex status; --resume-switch switches anyway)")
+
     def _write_index_info(self) -> None:
         plan = self.plan
+        gate = {"gate": self.job["gate"]} if self.job.get("gate") else {}
         self.store.write_state(index_key(plan.target), {
             "mode": plan.mode, "model": self.job["model"], "space": self.job["space"],
             "vectors": {name: plan.safe_names[name] for name in plan.kinds},
-            "score_field": plan.score_field, "threshold": self._score_threshold()})
+            "score_field": plan.score_field, "threshold": self._score_threshold(), **gate})
 
     def _score_threshold(self) -> float | None:
         """The calibrated threshold of a model's own unsafe score (its method's classifier), for
@@ -236,12 +258,16 @@ class Job:
 
 
 def start_job(store: VectorStore, plan: Plan, model: str, probe: list[float], space: dict[str, Any],
-              settings: dict[str, Any], previous: dict[str, Any] | None, num_ranges: int) -> dict[str, Any]:
+              settings: dict[str, Any], previous: dict[str, Any] | None, num_ranges: int,
+              gate: dict[str, Any] | None = None) -> dict[str, Any]:
     """A new job state for ``plan``, with its id ranges, written to the database; it carries the
-    alias's history and the layouts of the earlier versions that still exist from ``previous``."""
+    alias's history and the layouts of the earlier versions that still exist from ``previous``.
+    ``gate``: the safety gate's settings (see gate.py), when the switch is gated."""
     ranges = split_ranges(store, plan.source, store.count(plan.source), num_ranges)
     job = st.new_job(plan.to_dict(), probe, model, ranges, st.carried_over(previous, store.collection_exists))
     job["space"], job["settings"] = space, settings
+    if gate is not None:
+        job["gate"] = {"settings": gate}
     st.write_failures(store, plan.alias, {})
     st.write_job(store, job)
     return job
@@ -288,5 +314,6 @@ def report_of(store: VectorStore, job: dict[str, Any], failures: dict[str, dict[
         alias=plan["alias"], source=plan["source"], target=plan["target"], mode=plan["mode"],
         points=store.count(plan["target"]), embedded=counters["embedded"], kept=counters["kept"],
         skipped=counters["skipped"], failures=[{"id": f["id"], "reason": f["reason"]} for f in failures.values()],
-        passes=job["passes"], after_switch=job.get("after_switch"), verification=job.get("verification"))
+        passes=job["passes"], after_switch=job.get("after_switch"), verification=job.get("verification"),
+        gate=job.get("gate"))
 

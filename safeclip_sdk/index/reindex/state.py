@@ -2,8 +2,9 @@
 
 Documents (``VectorStore.write_state``), all JSON:
 
-- ``reindex:<alias>``: the job: its plan, phase, one cursor per id range, counters, and the
-  alias's history (which collection it pointed at, when and why), used by rollback and cleanup;
+- ``reindex:<alias>``: the job: its plan, phase, one cursor per id range, counters, the safety
+  gate (its settings, both audits and the decision), and the alias's history (which collection it
+  pointed at, when and why), used by rollback and cleanup;
 - ``reindex:<alias>:failures``: points whose source could not be read (id, reason, payload hash);
 - ``reindex:<alias>:base:<i>``: the payload hashes of the last reconciliation before the alias
   switch, in chunks, so the pass after the switch can resume on any machine;
@@ -25,9 +26,9 @@ from ...integrations.base import PointId, VectorStore
 STATE_VERSION = 1
 BASE_CHUNK = 65536  # points per base document (16 bytes each: about 1.4 MB of base64)
 
-# phases, in order
-CREATE, COPY, RECONCILE, SWITCH, FINAL, DONE = "create", "copy", "reconcile", "switch", "final", "done"
-PHASES = (CREATE, COPY, RECONCILE, SWITCH, FINAL, DONE)
+# phases, in order (the gate only when the job has one)
+CREATE, COPY, RECONCILE, GATE, SWITCH, FINAL, DONE = "create", "copy", "reconcile", "gate", "switch", "final", "done"
+PHASES = (CREATE, COPY, RECONCILE, GATE, SWITCH, FINAL, DONE)
 
 
 def job_key(alias: str) -> str:
