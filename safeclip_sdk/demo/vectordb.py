@@ -5,9 +5,12 @@
 2. reindex it with the safe model (blue-green, in the default mode) while a writer thread keeps
    adding and deleting points and changing payloads through the alias, as production would, and
    check that every one of its writes is in the new collection;
-3. measure each deployment with Qdrant's own queries on the same gallery of test images: the base
-   model, the safe model on the query side only, the safe vectors (what a full reindex serves),
-   and the query side with the shift-score filter (threshold calibrated on the validation split);
+3. audit the collection with the world's probe file (``safeclip audit``: Qdrant's own queries on
+   the test gallery) before the reindex (base model, safe model on the query side) and after it,
+   in every mode the new collection serves: base, query side, the safe vectors (what a full
+   reindex serves) and the query side with the shift-score filter (threshold calibrated on the
+   validation split); the reports are ``audit-before.*`` and ``audit-after.*`` (Markdown, JSON,
+   and the per-category picture);
 4. draw ``search.png``: the top-5 images of four unsafe queries, base model against the
    recommended deployment.
 """
@@ -23,15 +26,18 @@ from typing import Any
 
 from ..data import load_dataset
 from ..errors import SafeclipError
-from ..index.contract import DEFAULT_REINDEX_MODE
+from ..index.audit import audit_collection
+from ..index.audit_report import AuditReport, value
+from ..index.contract import AUDIT_MODES, BASE, DEFAULT_REINDEX_MODE, QUERY_SIDE, SAFE, SCORE_FILTER
+from ..index.probes import read_probes
 from ..index.reindex import reindex
-from ..index.search import IndexInfo
+from ..index.search import SafeSearch
 from ..integrations import open_store
-from ..integrations.base import DEFAULT_VECTOR, Point, Range, VectorSpec
+from ..integrations.base import DEFAULT_VECTOR, Point, VectorSpec
 from ..metrics.moderation import calibrate_threshold, shift_score
-from ..metrics.report import percent
 from ..runtime.encoder import Encoder
 from .pictures import ShownResult, search_comparison
+from .world import PROBES_FILE, UNSAFE_FIELD
 
 COLLECTION = "demo-images"
 GALLERY_FIELD = "test_gallery"   # 1 on the indexed test images; 0 on the live writer's points
@@ -44,6 +50,7 @@ class DeploymentRow:
     """One deployment measured through Qdrant, rates in %."""
 
     name: str
+    mode: str                 # the audit mode (safeclip_sdk.index.contract.AUDIT_MODES)
     unsafe_top1: float        # unsafe captions whose top-1 image is unsafe
     safe_query_leak: float    # SAFE captions whose top-1 image is unsafe
     unsafe_r1: float          # unsafe captions whose top-1 is their safe counterpart
@@ -58,23 +65,28 @@ class VectorDemoResult:
     writer: dict[str, int] = field(default_factory=dict)
     threshold: float | None = None
     picture: Path | None = None
+    audits: dict[str, AuditReport] = field(default_factory=dict)  # "before" and "after" the reindex
+
+
+ROW_NAMES = {BASE: "base model", QUERY_SIDE: "safe model, query side", SAFE: "safe vectors (full reindex)"}
 
 
 def run_vector_stage(out: Path, base_dir: Path, safe_model: Path, test_data: Path, live_data: Path,
                      echo) -> VectorDemoResult:
-
-
     items = load_dataset(test_data).items
     world_root = Path(test_data).parent
+    probes = read_probes(world_root / PROBES_FILE)
     base = Encoder.load(base_dir, backend="torch")
     safe = Encoder.load(safe_model, backend="auto")
     # the stage is quick, so every run starts from a fresh collection and measures the same thing
     shutil.rmtree(out / "qdrant", ignore_errors=True)
     store = open_store(out / "qdrant")
+    audits = {}
     try:
         _index_with_base(store, items, world_root, base)
         echo(f"indexed {2 * len(items)} test images (safe + unsafe) with the base model into Qdrant "
              f"collection '{store.alias_target(COLLECTION)}' behind alias '{COLLECTION}'")
+        audits["before"] = audit_collection(store, COLLECTION, probes, encoder=safe, base_encoder=base)
         writer = _LiveWriter(store, live_data, base, safe, gallery_size=2 * len(items))
         writer.seed()
         writer.start()
@@ -90,15 +102,24 @@ def run_vector_stage(out: Path, base_dir: Path, safe_model: Path, test_data: Pat
         echo(writer.check(store, side_by_side=report.mode == "side-by-side"))
         _remove_live_points(store, report)
         threshold = _image_threshold(base, safe, live_data)
-        rows, shown = _measure(store, report, items, world_root, base, safe, threshold)
+        audits["after"] = audit_collection(store, COLLECTION, probes, encoder=safe, base_encoder=base,
+                                           max_score=threshold)
+        rows = _rows(audits, threshold)
+        recommended = _recommend(rows)
+        shown = {row.name: _top5(store, row.mode, base, safe, threshold, [i.unsafe_text for i in items[:PICTURE_QUERIES]],
+                                 world_root) for row in (rows[0], recommended)}
     finally:
         store.close()
-    recommended = _recommend(rows)
+    for moment, audited in audits.items():
+        audited.save(json_path=out / f"audit-{moment}.json", markdown_path=out / f"audit-{moment}.md",
+                     plot_path=out / f"audit-{moment}.png")
+    echo(f"audits through Qdrant with {len(probes.probes)} probes ({PROBES_FILE}): {out / 'audit-before.md'} "
+         f"({', '.join(audits['before'].modes)}), {out / 'audit-after.md'} ({', '.join(audits['after'].modes)})")
     picture = search_comparison(
-        out / "search.png", [items[i].unsafe_text for i in range(len(shown[rows[0].name]))],
+        out / "search.png", [items[i].unsafe_text for i in range(PICTURE_QUERIES)],
         {f"before: {rows[0].name}": shown[rows[0].name], f"after: {recommended.name}": shown[recommended.name]},
         title="Top-5 images for unsafe queries, through Qdrant (red = unsafe image)")
-    return VectorDemoResult(rows, recommended.name, report, dict(writer.counts), threshold, picture)
+    return VectorDemoResult(rows, recommended.name, report, dict(writer.counts), threshold, picture, audits)
 
 
 def _index_with_base(store, items, world_root: Path, base: Encoder) -> None:
@@ -108,7 +129,7 @@ def _index_with_base(store, items, world_root: Path, base: Encoder) -> None:
     store.create_collection(physical, {DEFAULT_VECTOR: VectorSpec(base.space.stored_dim, base.space.distance)})
     images = [item.safe_image for item in items] + [item.unsafe_image for item in items]
     vectors = base.space.to_stored(base.encode_image(images))
-    points = [Point(index, {"image": str(Path(path).relative_to(world_root)), "unsafe": index >= len(items),
+    points = [Point(index, {"image": str(Path(path).relative_to(world_root)), UNSAFE_FIELD: index >= len(items),
                             "category": items[index % len(items)].category, GALLERY_FIELD: 1},
                     {DEFAULT_VECTOR: vector})
               for index, (path, vector) in enumerate(zip(images, vectors))]
@@ -147,7 +168,7 @@ class _LiveWriter(threading.Thread):
         from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Point
 
         path, unsafe = image
-        return Point(point_id, {"image": path, "unsafe": unsafe, "category": None, GALLERY_FIELD: 0},
+        return Point(point_id, {"image": path, UNSAFE_FIELD: unsafe, "category": None, GALLERY_FIELD: 0},
                      {DEFAULT_VECTOR: vector})
 
     def seed(self) -> None:
@@ -235,37 +256,32 @@ def _remove_live_points(store, report) -> None:
                 store.delete(collection, live[start:start + 256])
 
 
-def _measure(store, report, items, world_root: Path, base: Encoder, safe: Encoder, threshold: float):
-    """Each deployment through Qdrant queries on the test gallery; top-5 of the first queries."""
-
-
-    info = IndexInfo.read(store, report.target)
-    original = next(iter(info.vectors), DEFAULT_VECTOR)
-    safe_vector = info.vectors.get(original, original)
-    # full mode replaced the original vectors: base and query side are then measured on the old collection
-    original_collection = report.target if info.mode != "full" else report.source
-    deployments = {
-        "base model": (base, original_collection, original, None),
-        "safe model, query side": (safe, original_collection, original, None),
-        "safe vectors (full reindex)": (safe, report.target, safe_vector, None),
-    }
-    if info.score_field and info.mode != "full":
-        deployments[f"query side + shift filter < {threshold:.3f}"] = (
-            safe, report.target, original, [Range(info.score_field, lt=threshold)])
-    unsafe_texts = [item.unsafe_text for item in items]
-    safe_texts = [item.safe_text for item in items]
-    rows, shown = [], {}
-    for name, (encoder, collection, using, ranges) in deployments.items():
-        unsafe_hits = _top(store, collection, encoder, unsafe_texts, using, ranges, 5)
-        safe_hits = _top(store, collection, encoder, safe_texts, using, ranges, 1)
+def _rows(audits: dict[str, AuditReport], threshold: float) -> list[DeploymentRow]:
+    """One row per mode audited, from the audit after the reindex (a mode only the collection
+    before it served, as after a full reindex, from that one)."""
+    measured = {**audits["before"].modes, **audits["after"].modes}
+    rows = []
+    for mode in (mode for mode in AUDIT_MODES if mode in measured):
+        modes = {mode: measured[mode]}
+        name = ROW_NAMES.get(mode, f"query side + shift filter < {threshold:.3f}")
         rows.append(DeploymentRow(
-            name, unsafe_top1=_percent([bool(hits and hits[0].payload["unsafe"]) for hits in unsafe_hits]),
-            safe_query_leak=_percent([bool(hits and hits[0].payload["unsafe"]) for hits in safe_hits]),
-            unsafe_r1=_percent([bool(hits) and hits[0].id == index for index, hits in enumerate(unsafe_hits)]),
-            safe_r1=_percent([bool(hits) and hits[0].id == index for index, hits in enumerate(safe_hits)])))
-        shown[name] = [[ShownResult(world_root / hit.payload["image"], bool(hit.payload["unsafe"])) for hit in hits]
-                       for hits in unsafe_hits[:PICTURE_QUERIES]]
-    return rows, shown
+            name, mode=mode, unsafe_top1=_round(value(modes, mode, "unsafe_probes", "unsafe_top1")),
+            safe_query_leak=_round(value(modes, mode, "safe_probes", "leak")),
+            unsafe_r1=_round(value(modes, mode, "unsafe_probes", "R@1")),
+            safe_r1=_round(value(modes, mode, "safe_probes", "R@1"))))
+    return rows
+
+
+def _top5(store, mode: str, base: Encoder, safe: Encoder, threshold: float, texts, world_root: Path):
+    """The top-5 images of ``texts`` searched in ``mode``, for the picture."""
+    if mode == BASE:
+        searcher, max_score = SafeSearch(store, COLLECTION, base, mode=QUERY_SIDE), None
+    else:
+        searcher = SafeSearch(store, COLLECTION, safe, mode=SAFE if mode == SAFE else QUERY_SIDE)
+        max_score = threshold if mode == SCORE_FILTER else None
+    return [[ShownResult(world_root / hit.payload["image"], bool(hit.payload[UNSAFE_FIELD]))
+             for hit in searcher.search_vector(vector, limit=5, max_score=max_score)]
+            for vector in searcher.embed_many(texts)]
 
 
 def _recommend(rows: list[DeploymentRow], min_safe_recall_ratio: float = 0.5) -> DeploymentRow:
@@ -276,10 +292,5 @@ def _recommend(rows: list[DeploymentRow], min_safe_recall_ratio: float = 0.5) ->
     return min(eligible, key=lambda row: (row.unsafe_top1 + row.safe_query_leak, -row.unsafe_r1))
 
 
-def _top(store, collection, encoder: Encoder, texts, using, ranges, limit):
-    vectors = encoder.space.to_query(encoder.encode_text(texts))
-    return [store.query(collection, vector, using=using, limit=limit, payload_range=ranges) for vector in vectors]
-
-
-def _percent(flags: list[bool]) -> float:
-    return round(percent(flags), 1)
+def _round(rate: float) -> float:
+    return round(rate, 1)
