@@ -144,7 +144,7 @@ def test_a_model_no_less_safe_switches(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("problem, options, message", [
     ("unknown category", {"category": "gore"}, "unknown category 'gore'"),
-    ("no base model", {"base_model": None}, "name it (gate_base_model=..., --base-model)"),
+    ("no base model", {"base_model": None}, "name it (base_model=..., --base-model)"),
 ])
 def test_bad_gate_input_is_one_line_and_switches_nothing(problem, options, message, tmp_path, tiny_model_dir):
     db, probes = make_world(tmp_path, tiny_model_dir)
@@ -160,8 +160,7 @@ def test_bad_gate_input_is_one_line_and_switches_nothing(problem, options, messa
     assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
     store = open_store(db)
     assert store.alias_target("docs") == "docs-original"
-    if problem == "unknown category":  # refused before anything was written
-        assert not store.collection_exists("docs-safeclip-v1")
+    assert not store.collection_exists("docs-safeclip-v1")  # refused before anything was written
     store.close()
 
 

@@ -106,8 +106,9 @@ def run_vector_stage(out: Path, base_dir: Path, safe_model: Path, test_data: Pat
                                            max_score=threshold)
         rows = _rows(audits, threshold)
         recommended = _recommend(rows)
-        shown = {row.name: _top5(store, row.mode, base, safe, threshold, [i.unsafe_text for i in items[:PICTURE_QUERIES]],
-                                 world_root) for row in (rows[0], recommended)}
+        queries = [item.unsafe_text for item in items[:PICTURE_QUERIES]]
+        shown = {row.name: _top5(store, row.mode, base, safe, threshold, queries, world_root)
+                 for row in (rows[0], recommended)}
     finally:
         store.close()
     for moment, audited in audits.items():

@@ -54,7 +54,8 @@ def figures(probes: list[Probe], outcomes: list[Outcome], k: int) -> dict[str, A
         if label == UNSAFE_LABEL:
             group["unsafe_top1"] = _rate(top1)
             shares = [sum(outcome.unsafe) / len(outcome.unsafe) if outcome.unsafe else 0.0 for outcome in chosen]
-            group["unsafe_topk"] = {"value": share_percent(sum(shares) / len(shares)), "ci": list(bootstrap_mean(shares))}
+            group["unsafe_topk"] = {"value": share_percent(sum(shares) / len(shares)),
+                                    "ci": list(bootstrap_mean(shares))}
         else:
             group["leak"] = _rate(top1)
         with_expected = [(probe, outcome) for probe, outcome in zip(probes, outcomes)
@@ -127,7 +128,7 @@ class AuditReport(JsonReport):
                 row = []
                 for mode in self.modes:
                     group = self.modes[mode]["per_category"].get(category, {})
-                    count = group.get("unsafe_probes", {}).get("probes", 0) + group.get("safe_probes", {}).get("probes", 0)
+                    count = sum(group.get(kind, {}).get("probes", 0) for kind in ("unsafe_probes", "safe_probes"))
                     row.append(f"{_plain(self.modes, mode, 'unsafe_probes', 'unsafe_top1', category)} / "
                                f"{_plain(self.modes, mode, 'safe_probes', 'leak', category)} ({count})")
                 lines.append(f"| {category} | " + " | ".join(row) + " |")

@@ -28,7 +28,7 @@ from . import state as st
 from .engine import (ABANDONED, MAX_PASSES, VERIFY_SAMPLE, Job, ReindexReport, check_resumable, is_active,
                      next_version, report_of, start_job, write_report)
 from .dryrun import dry_run_plan
-from .gate import GateFailed, GateLimits, gate_settings
+from .gate import GateFailed, GateLimits, check_old_collection, gate_settings
 from .pipeline import PointBuilder
 from .sources import SourceReader
 from ..contract import DEFAULT_REINDEX_MODE, DEFAULT_SCORE_FIELD, REINDEX_MODES, SIDE_BY_SIDE, UNSAFE_SCORE_FIELD
@@ -176,6 +176,8 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
             return result
         else:
             source, plain = resolve_source(store, collection, adopt)
+            if gated is not None:
+                check_old_collection(store, source, label, gated)
             if plain:
                 version = next_version(store, collection, (job or {}).get("history", []))
                 adoption = adoption_plan(store, collection, source, batch_size, version)

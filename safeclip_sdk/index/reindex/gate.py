@@ -59,7 +59,8 @@ def gate_settings(probes: str | os.PathLike, *, image_root: str | os.PathLike | 
                   base_model: str | os.PathLike | None, limits: GateLimits) -> dict[str, Any]:
     """What a job records of its gate (checked now, so a bad probe file fails before anything is written)."""
     read_probes(probes, image_root)
-    return {"probes": str(Path(probes).resolve()), "image_root": str(Path(image_root).resolve()) if image_root else None,
+    return {"probes": str(Path(probes).resolve()),
+            "image_root": str(Path(image_root).resolve()) if image_root else None,
             "base_model": os.fspath(base_model) if base_model is not None else None, **asdict(limits)}
 
 
@@ -106,22 +107,40 @@ def summary(gate: dict[str, Any]) -> str:
             f"{decision['new']['collection']} ({decision['new']['mode']}): {figures}")
 
 
+def check_old_collection(store, source: str, model: str, settings: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a gate that could not search ``source`` as its readers do."""
+    index = IndexInfo.read(store, source)
+    if index is None:
+        _base_source(source, model, settings)
+    else:
+        _recorded_model(source, index)
+
+
 def _as_served(store, source: str, encoder, model: str, settings: dict[str, Any]):
     """The old collection's mode, query encoder and base encoder, as its readers search it."""
     from ...runtime.encoder import Encoder
 
     index = IndexInfo.read(store, source)
     if index is None:
-        base = settings["base_model"] or recorded_base_model(model)
-        if base is None:
-            raise ReindexError(f"the gate audits '{source}' as readers search it now, with the model its vectors "
-                               f"were embedded with: name it (gate_base_model=..., --base-model)")
-        return BASE, encoder, Encoder.load(base, backend="auto")
-    if index.model is None or not Path(index.model).exists():
-        raise ReindexError(f"the gate audits '{source}' as readers search it now, with the model its index record "
-                           f"names ({index.model}), which is not on this machine")
-    old_encoder = encoder if index.model == model else Encoder.load(index.model, backend="auto")
+        return BASE, encoder, Encoder.load(_base_source(source, model, settings), backend="auto")
+    recorded = _recorded_model(source, index)
+    old_encoder = encoder if recorded == model else Encoder.load(recorded, backend="auto")
     try:
         return SafeSearch(store, source, old_encoder).mode, old_encoder, None
     except SearchError as error:
         raise ReindexError(f"the gate cannot search '{source}' as its readers do: {error}") from None
+
+
+def _base_source(source: str, model: str, settings: dict[str, Any]) -> str:
+    base = settings["base_model"] or recorded_base_model(model)
+    if base is None:
+        raise ReindexError(f"the gate audits '{source}' as readers search it now, with the model its vectors "
+                           f"were embedded with: name it (base_model=..., --base-model)")
+    return base
+
+
+def _recorded_model(source: str, index: IndexInfo) -> str:
+    if index.model is None or not Path(index.model).exists():
+        raise ReindexError(f"the gate audits '{source}' as readers search it now, with the model its index record "
+                           f"names ({index.model}), which is not on this machine")
+    return index.model
