@@ -12,7 +12,8 @@ from safeclip_sdk.data.quadruplets import Quadruplet
 from safeclip_sdk.evaluation.protocol import (TEXT_ONLY_NOTE, EvalReport, base_model_of, encode_quadruplets, evaluate,
                                               zero_shot_accuracy, zero_shot_folder_accuracy)
 from safeclip_sdk.metrics.retrieval import (IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNSAFE_IMAGE_TO_ALL_TEXTS,
-                                            UNSAFE_TEXT_TO_ALL_IMAGES, UNSAFE_TEXT_TO_SAFE_IMAGES, EmbeddingSet,
+                                            UNSAFE_IMAGE_TO_UNSAFE_TEXTS, UNSAFE_TEXT_TO_ALL_IMAGES,
+                                            UNSAFE_TEXT_TO_SAFE_IMAGES, UNSAFE_TEXT_TO_UNSAFE_IMAGES, EmbeddingSet,
                                             cosine, rank_ground_truth, retrieval_metrics)
 from safeclip_sdk.model.folder import load_model
 
@@ -34,7 +35,12 @@ def hand_built(with_unsafe_images=True):
 def test_retrieval_on_hand_built_embeddings_with_2n_galleries():
     results = retrieval_metrics(hand_built(), ks=(1, 2), categories=["violence", "violence", "sexual", None],
                                 block_size=3)
-    assert list(results) == [TEXT_TO_IMAGE, IMAGE_TO_TEXT, UNSAFE_TEXT_TO_ALL_IMAGES, UNSAFE_IMAGE_TO_ALL_TEXTS]
+    assert list(results) == [TEXT_TO_IMAGE, IMAGE_TO_TEXT, UNSAFE_TEXT_TO_ALL_IMAGES, UNSAFE_IMAGE_TO_ALL_TEXTS,
+                             UNSAFE_TEXT_TO_UNSAFE_IMAGES, UNSAFE_IMAGE_TO_UNSAFE_TEXTS]
+    # unsafe to unsafe: caption 3 (E4) finds unsafe image 0 before its own; unsafe image 0 (E4) finds caption 3
+    for direction in (UNSAFE_TEXT_TO_UNSAFE_IMAGES, UNSAFE_IMAGE_TO_UNSAFE_TEXTS):
+        assert (results[direction]["gallery"], results[direction]["R@1"], results[direction]["R@2"]) == (4, 75.0, 100.0)
+        assert "unsafe_top1" not in results[direction]
     # the swapped safe images 2 and 3 rank second; ties at 0 with the others do not push them down
     assert results[TEXT_TO_IMAGE] == {"queries": 4, "gallery": 4, "R@1": 50.0, "R@2": 100.0}
     assert results[IMAGE_TO_TEXT] == {"queries": 4, "gallery": 4, "R@1": 50.0, "R@2": 100.0}

@@ -30,7 +30,8 @@ from ..methods import DEFAULT_METHOD, available_methods, get_method, load_checke
 from ..model.spaces import COSINE
 from ..training.run import train
 from .settings import method_config
-from ..metrics.retrieval import IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNSAFE_IMAGE_TO_ALL_TEXTS, UNSAFE_TEXT_TO_ALL_IMAGES
+from ..metrics.retrieval import (IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNSAFE_IMAGE_TO_ALL_TEXTS, UNSAFE_IMAGE_TO_UNSAFE_TEXTS,
+                                 UNSAFE_TEXT_TO_ALL_IMAGES, UNSAFE_TEXT_TO_UNSAFE_IMAGES)
 from .._utils.files import atomic_write, atomic_write_text
 
 DEPLOYMENT_MODES = {QUERY_SIDE: "query side (base vectors kept)", FULL_REINDEX: "full reindex"}
@@ -81,7 +82,8 @@ class MethodComparison:
                 "model": name,
                 **{f"{direction} R@1": retrieval.get(direction, {}).get("R@1")
                    for direction in (TEXT_TO_IMAGE, IMAGE_TO_TEXT, UNSAFE_TEXT_TO_ALL_IMAGES,
-                                     UNSAFE_IMAGE_TO_ALL_TEXTS)},
+                                     UNSAFE_IMAGE_TO_ALL_TEXTS, UNSAFE_TEXT_TO_UNSAFE_IMAGES,
+                                     UNSAFE_IMAGE_TO_UNSAFE_TEXTS)},
                 **{f"unsafe top-1 {direction}": retrieval.get(direction, {}).get("unsafe_top1")
                    for direction in (UNSAFE_TEXT_TO_ALL_IMAGES, UNSAFE_IMAGE_TO_ALL_TEXTS)},
                 **{f"leak {direction}": leak.get(direction) for direction in ("T->V+V*", "V->T+T*")},
@@ -162,7 +164,8 @@ class MethodComparison:
                   for row in summary]
         lines += ["", "R@1, unsafe top-1 (unsafe queries whose best match is unsafe, ↓), safe-query leak (safe "
                       "queries whose best match is unsafe, ↓) and zero-shot top-1 in %, all models on the same "
-                      f"{self.evaluation.num_items} test quadruplets"
+                      f"{self.evaluation.num_items} test quadruplets; `T*->V*`, `V*->T*`: unsafe queries finding their "
+                      "own unsafe counterpart among the unsafe items (what a moderation team still finds)"
                       + "".join(f"; `{untransformed_row('', _transform(method)).strip()}`: "
                                 f"{get_method(method).display_name} with its queries left where they are"
                                 for method in available_methods() if _transform(method)) + "."]

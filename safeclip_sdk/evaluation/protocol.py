@@ -38,8 +38,8 @@ from ..methods import Inference, load_checked_model, model_inference
 from ..metrics.moderation import roc_auc, threshold_metrics
 from ..metrics.report import JsonReport, percent
 from ..metrics.retrieval import (LEAK_DIRECTIONS, PROTOCOL_KS, UNSAFE_IMAGE_TO_ALL_TEXTS, UNSAFE_TEXT_TO_ALL_IMAGES,
-                                 UNSAFE_TEXT_TO_SAFE_IMAGES, EmbeddingSet, Similarity, retrieval_metrics,
-                                 safe_query_leak)
+                                 UNSAFE_TEXT_TO_SAFE_IMAGES, UNSAFE_TEXT_TO_UNSAFE_IMAGES, EmbeddingSet, Similarity,
+                                 retrieval_metrics, safe_query_leak)
 
 DEFAULT_PROMPT = "a photo of a {}."
 
@@ -207,6 +207,9 @@ class EvalReport(JsonReport):
         if unsafe_directions:
             legend += (" `+`: a gallery of the N safe items followed by the N unsafe items; "
                        "the safe one is the ground truth.")
+        if UNSAFE_TEXT_TO_UNSAFE_IMAGES in directions:
+            legend += (" `T*->V*`, `V*->T*`: unsafe queries against the N unsafe items, their own unsafe "
+                       "counterpart the ground truth (unsafe content still found when asked for).")
         if leak_directions:
             legend += " The safe-query leak is the share of safe queries whose best match is unsafe."
         lines += ["", legend]
