@@ -1,0 +1,59 @@
+"""``safeclip serve``: a thin wrapper over :func:`safeclip_sdk.serve.serve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
+
+
+@click.command("serve")
+@click.argument("model")
+@qdrant_option()
+@pgvector_option()
+@click.option("--collection", default=None, help="The collection or alias /v1/search searches (with a store).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on; 0.0.0.0 makes the service reachable from other machines.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--backend", default="auto", show_default=True, help="torch, onnx, tensorrt or auto.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--model-name", default=None, help="The name clients pass as `model`. Default: MODEL's folder name.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Most inputs one model call embeds (1: no batching).")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a batch waits for more requests.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Requests waiting per modality; beyond, 429 with Retry-After.")
+@click.option("--request-timeout", type=click.FloatRange(min=0.001), default=30.0, show_default=True,
+              help="Seconds before a request is answered 503.")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=16 * 2**20, show_default=True)
+@click.option("--max-inputs", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most inputs per request.")
+@click.option("--max-text-chars", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True)
+@click.option("--image-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Image inputs may also be paths under this folder (never outside it). Default: data URLs only.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+def command(model: str, qdrant: str | None, pgvector: str | None, collection: str | None, host: str, port: int,
+            backend: str, device: str, model_name: str | None, max_batch_size: int, max_wait_ms: float,
+            max_queue: int, request_timeout: float, max_body_bytes: int, max_inputs: int, max_text_chars: int,
+            max_image_pixels: int, image_root: Path | None, log_level: str) -> None:
+    """Serve MODEL (a model folder or an ONNX export) over HTTP: OpenAI-shaped /v1/embeddings and
+    /v1/moderations, /v1/search over --collection, /healthz, /readyz, /metrics. API keys, if any,
+    come from SAFECLIP_API_KEYS (comma-separated). See docs/serving.md."""
+    from safeclip_sdk.serve import ServeSettings, serve
+
+    store = None
+    if qdrant is not None or pgvector is not None or collection is not None:
+        store = store_target(qdrant, pgvector)
+        if collection is None:
+            raise click.UsageError("a store needs --collection: the collection /v1/search searches")
+    settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                             request_timeout_s=request_timeout, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
+                             max_text_chars=max_text_chars, max_image_pixels=max_image_pixels, image_root=image_root,
+                             model_name=model_name)
+    serve(model, store=store, collection=collection, host=host, port=port, settings=settings, backend=backend,
+          device=device, log_level=log_level)

@@ -1,0 +1,149 @@
+"""What the routes call: the loaded model behind two batchers (texts, images), moderation, and
+the safe search of the configured collection, all run on one inference thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImageError, SafeclipError
+from ..index.search import SafeSearch, physical_collection
+from ..integrations import open_store
+from ..runtime.classify import moderate
+from ..runtime.encoder import Encoder, ImageFailure
+from .batching import DeadlineExceeded, DynamicBatcher, QueueFull
+from .errors import ApiError
+from .metrics import ServeMetrics
+from .schemas import IMAGE, TEXT
+from .settings import ServeSettings
+
+
+class ModelService:
+    """One loaded model (and optionally one collection) served to concurrent requests."""
+
+    def __init__(self, encoder: Encoder, settings: ServeSettings, metrics: ServeMetrics, *,
+                 store=None, collection: str | None = None):
+        self.encoder = encoder
+        self.settings = settings
+        self.metrics = metrics
+        self.collection = collection
+        self._store_target = store
+        self.store = None
+        self._store_lock = threading.Lock()
+        self._searchers: dict[tuple, SafeSearch] = {}
+        self._inference = ThreadPoolExecutor(1, thread_name_prefix="safeclip-inference")
+        batching = {"executor": self._inference, "max_batch_size": settings.max_batch_size,
+                    "max_wait_s": settings.max_wait_ms / 1000, "max_queue": settings.max_queue, "metrics": metrics}
+        self._batchers = {TEXT: DynamicBatcher(TEXT, self._embed_texts, **batching),
+                          IMAGE: DynamicBatcher(IMAGE, self._embed_images, **batching)}
+        if store is not None:
+            self.store = open_store(store)
+            physical_collection(self.store, collection)  # a wrong name fails before the server starts
+
+    async def start(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.start()
+
+    async def stop(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.stop()
+        self._inference.shutdown(wait=True)
+        if self.store is not None and self.store is not self._store_target:
+            self.store.close()
+
+    # --- embeddings, batched ---
+
+    async def embed(self, modality: str, items: list[Any]) -> list[Any]:
+        """Per input: ``(vector, tokens)`` for texts, a vector or an ImageFailure for images."""
+        try:
+            return await self._batchers[modality].submit(items, self.settings.request_timeout_s)
+        except QueueFull:
+            self.metrics.rejected.labels(modality).inc()
+            raise ApiError(429, "the server is busy: too many requests waiting, retry later", "rate_limit_error",
+                           headers={"Retry-After": str(self.settings.retry_after_s)}) from None
+        except DeadlineExceeded:
+            raise _deadline_error(self.settings) from None
+
+    def _embed_texts(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+        vectors = self.encoder.encode_text(texts)
+        tokens = np.count_nonzero(np.asarray(self.encoder.tokenizer(texts, context_length=self.encoder.context_length)),
+                                  axis=1)
+        return [(vectors[row], int(tokens[row])) for row in range(len(texts))]
+
+    def _embed_images(self, images: list[Any]) -> list[np.ndarray | ImageFailure]:
+        result = self.encoder.encode_image_batch(images)
+        outcomes: list[np.ndarray | ImageFailure | None] = [None] * len(images)
+        for failure in result.failures:
+            outcomes[failure.index] = failure
+        for row, index in enumerate(result.indices):
+            outcomes[index] = result.embeddings[row]
+        return outcomes
+
+    # --- moderation and search, one request per model call ---
+
+    @property
+    def moderates(self) -> bool:
+        return self.encoder.category_classifier is not None or self.encoder.inference.classifies
+
+    async def moderate(self, parts: list[tuple[str, Any]]) -> list[Any]:
+        """One Moderation per ``(modality, value)``, in order."""
+        texts = [value for modality, value in parts if modality == TEXT]
+        images = [value for modality, value in parts if modality == IMAGE]
+        moderations = await self._on_inference_thread(lambda: moderate(self.encoder, texts=texts, images=images))
+        by_modality = {TEXT: iter(moderations[:len(texts)]), IMAGE: iter(moderations[len(texts):])}
+        return [next(by_modality[modality]) for modality, _ in parts]
+
+    async def search(self, query, *, limit: int, mode: str | None, vector: str | None, max_score,
+                     exclude_categories: list[str], traversal: bool) -> tuple[SafeSearch, Any]:
+        def run():
+            with self._store_lock:
+                searcher = self._searcher(mode, vector, traversal)
+                return searcher, searcher.search(query, limit=limit, max_score=max_score,
+                                                 exclude_categories=exclude_categories)
+
+        return await self._on_inference_thread(run)
+
+    def _searcher(self, mode: str | None, vector: str | None, traversal: bool) -> SafeSearch:
+        key = (mode, vector, traversal)
+        if key not in self._searchers:
+            self._searchers[key] = SafeSearch(self.store, self.collection, self.encoder, mode=mode, vector=vector,
+                                              traversal=traversal)
+        return self._searchers[key]
+
+    async def _on_inference_thread(self, call):
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._inference, call),
+                                          self.settings.request_timeout_s)
+        except TimeoutError:
+            raise _deadline_error(self.settings) from None
+        except ImageError as error:
+            raise ApiError(422, str(error), param="input") from None
+        except SafeclipError as error:
+            raise ApiError(400, str(error)) from None
+
+    # --- readiness ---
+
+    async def store_problem(self) -> str | None:
+        """Why the configured collection cannot be searched now, or None (also when there is none)."""
+        if self.store is None:
+            return None
+
+        def check():
+            with self._store_lock:
+                physical_collection(self.store, self.collection)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, check)
+        except Exception as error:  # any failure of the store means not ready, said in the answer
+            return f"the collection '{self.collection}' cannot be reached: {type(error).__name__}"
+        return None
+
+
+def _deadline_error(settings: ServeSettings) -> ApiError:
+    return ApiError(503, f"no answer within the request deadline ({settings.request_timeout_s:g} s)",
+                    "timeout_error")
