@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "search": "search",
     "audit": "audit",
     "classify": "classify",
+    "serve": "serve",
 }
 
 
@@ -47,7 +48,7 @@ class SafeclipGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def cli(verbose: bool) -> None:
     """Make CLIP embedding spaces safe: train, evaluate, export, embed, reindex a vector database, search,
-    audit and classify."""
+    audit, classify and serve."""
     # other libraries (open_clip logs every load at INFO) stay at WARNING unless --verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
