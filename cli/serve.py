@@ -19,11 +19,14 @@ from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--backend", default="auto", show_default=True, help="torch, onnx, tensorrt or auto.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--num-threads", type=click.IntRange(min=1), default=None,
+              help="onnxruntime intra-op threads (default: onnxruntime's choice, all cores).")
 @click.option("--model-name", default=None, help="The name clients pass as `model`. Default: MODEL's folder name.")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most inputs one model call embeds (1: no batching).")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="How long a batch waits for more requests.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="How long the first request of a batch waits for more (0: a batch is what queued while the "
+                   "model was busy).")
 @click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
               help="Requests waiting per modality; beyond, 429 with Retry-After.")
 @click.option("--request-timeout", type=click.FloatRange(min=0.001), default=30.0, show_default=True,
@@ -38,7 +41,7 @@ from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 def command(model: str, qdrant: str | None, pgvector: str | None, collection: str | None, host: str, port: int,
-            backend: str, device: str, model_name: str | None, max_batch_size: int, max_wait_ms: float,
+            backend: str, device: str, num_threads: int | None, model_name: str | None, max_batch_size: int, max_wait_ms: float,
             max_queue: int, request_timeout: float, max_body_bytes: int, max_inputs: int, max_text_chars: int,
             max_image_pixels: int, image_root: Path | None, log_level: str) -> None:
     """Serve MODEL (a model folder or an ONNX export) over HTTP: OpenAI-shaped /v1/embeddings and
@@ -56,4 +59,4 @@ def command(model: str, qdrant: str | None, pgvector: str | None, collection: st
                              max_text_chars=max_text_chars, max_image_pixels=max_image_pixels, image_root=image_root,
                              model_name=model_name)
     serve(model, store=store, collection=collection, host=host, port=port, settings=settings, backend=backend,
-          device=device, log_level=log_level)
+          device=device, num_threads=num_threads, log_level=log_level)

@@ -214,6 +214,9 @@ def test_bad_requests_get_one_json_error_naming_the_field(tiny_model_dir, pictur
         assert_error(post({"input": ["fine", "  "]}), 422, "input[1]")
         assert_error(post({"input": [[1, 2, 3]]}), 422, "input[0]")
         assert_error(post({"input": "y" * 30_000}), 413, "body")
+        streamed = (b"x" * 1000 for _ in range(30))  # no Content-Length: counted as it arrives
+        assert_error(client.post("/v1/embeddings", content=streamed, headers={"content-type": "application/json"}),
+                     413, "body")
         assert_error(post({"input": "a cat", "modalty": "image"}), 422, "modalty")
         assert_error(post({"input": "a cat", "dimensions": 3}), 422, "dimensions")
         assert_error(post({"input": "a cat", "encoding_format": "int8"}), 422, "encoding_format")

@@ -32,14 +32,15 @@ from .settings import ServeSettings
 
 def create_app(model: str | os.PathLike | Encoder, *, store=None, collection: str | None = None,
                settings: ServeSettings | None = None, backend: str = "auto", device: str = "auto",
-               api_keys: tuple[str, ...] | None = None) -> FastAPI:
+               num_threads: int | None = None, api_keys: tuple[str, ...] | None = None) -> FastAPI:
     """The service for ``model`` (a model folder, an ONNX export or a loaded Encoder).
 
     Args:
         store, collection: the collection ``/v1/search`` searches (a Qdrant folder or URL, a
             PostgreSQL DSN, or an open store); without them ``/v1/search`` answers 404.
         settings: batching and limits (see :class:`ServeSettings`).
-        backend, device: as for ``Encoder.load``.
+        backend, device, num_threads: as for ``Encoder.load`` (``num_threads``: onnxruntime's
+            intra-op threads; fewer than the cores leaves CPU to the HTTP side on a small machine).
         api_keys: the accepted bearer tokens; default: ``SAFECLIP_API_KEYS`` (none: no key asked).
     """
     settings = settings or ServeSettings()
@@ -49,7 +50,7 @@ def create_app(model: str | os.PathLike | Encoder, *, store=None, collection: st
         encoder = model
     else:
         encoder = Encoder.load(model, backend=backend, device=device, batch_size=settings.max_batch_size,
-                               max_pixels=settings.max_image_pixels)
+                               num_threads=num_threads, max_pixels=settings.max_image_pixels)
     model_name = settings.model_name or Path(encoder.source or "safeclip").name
     metrics = ServeMetrics()
     service = ModelService(encoder, settings, metrics, store=store, collection=collection)

@@ -20,7 +20,11 @@ DATA_URL_PREFIX = "data:"
 
 
 class BodySizeLimit:
-    """Answers 413 for a body over ``max_bytes``, whether announced by Content-Length or streamed."""
+    """Answers 413 for a body over ``max_bytes``, whether announced by Content-Length or streamed.
+
+    The body is read here, counted as it arrives, and handed on whole: the routes parse whole
+    JSON bodies anyway, and an error raised while they read would turn into FastAPI's 400.
+    """
 
     def __init__(self, app, max_bytes: int):
         self.app = app
@@ -34,32 +38,28 @@ class BodySizeLimit:
         declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await too_large(scope, receive, send)
-        received = 0
-        response_started = False
-
-        async def counted_receive():
-            nonlocal received
+        chunks, received = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            if received > self.max_bytes:
+                return await too_large(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        body_message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        delivered = False
 
-        async def tracked_send(message):
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return body_message
 
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await too_large(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def input_list(value: str | list[Any], settings: ServeSettings) -> list[Any]:

@@ -16,7 +16,7 @@ LOOPBACK = "127.0.0.1"
 
 def serve(model: str | os.PathLike, *, store=None, collection: str | None = None, host: str = LOOPBACK,
           port: int = 8000, settings: ServeSettings | None = None, backend: str = "auto", device: str = "auto",
-          log_level: str = "info") -> None:
+          num_threads: int | None = None, log_level: str = "info") -> None:
     """Load ``model`` (and open ``store``'s ``collection``) and answer HTTP requests until stopped.
 
     The API keys come from ``SAFECLIP_API_KEYS`` (comma-separated); none: every client is served.
@@ -24,7 +24,8 @@ def serve(model: str | os.PathLike, *, store=None, collection: str | None = None
     """
     import uvicorn
 
-    app = create_app(model, store=store, collection=collection, settings=settings, backend=backend, device=device)
+    app = create_app(model, store=store, collection=collection, settings=settings, backend=backend, device=device,
+                     num_threads=num_threads)
     if host != LOOPBACK:
         logger.warning("listening on %s: reachable from other machines%s", host,
                        "" if api_keys_from_environment() else " and no API key is set (SAFECLIP_API_KEYS)")

@@ -42,7 +42,11 @@ class ModelService:
                           IMAGE: DynamicBatcher(IMAGE, self._embed_images, **batching)}
         if store is not None:
             self.store = open_store(store)
-            physical_collection(self.store, collection)  # a wrong name fails before the server starts
+            try:
+                physical_collection(self.store, collection)  # a wrong name fails before the server starts
+            except Exception:
+                self._close_store()
+                raise
 
     async def start(self) -> None:
         for batcher in self._batchers.values():
@@ -52,6 +56,10 @@ class ModelService:
         for batcher in self._batchers.values():
             await batcher.stop()
         self._inference.shutdown(wait=True)
+        self._close_store()
+
+    def _close_store(self) -> None:
+        """Close the store this service opened (one it was given stays open for its owner)."""
         if self.store is not None and self.store is not self._store_target:
             self.store.close()
 

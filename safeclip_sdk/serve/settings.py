@@ -17,7 +17,8 @@ class ServeSettings:
 
     Attributes:
         max_batch_size: most inputs one model call embeds (1: every request on its own).
-        max_wait_ms: how long the first request of a batch waits for others to join it.
+        max_wait_ms: how long the first request of a batch waits for others to join it (0: a batch
+            is what queued while the model was busy; measured the faster default, docs/serving.md).
         max_queue: requests waiting per modality; one more is answered 429 with Retry-After.
         request_timeout_s: a request not answered by then gets 503 (its batch still runs).
         retry_after_s: the Retry-After a 429 carries.
@@ -30,7 +31,7 @@ class ServeSettings:
     """
 
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     max_queue: int = 256
     request_timeout_s: float = 30.0
     retry_after_s: int = 1
