@@ -48,8 +48,8 @@ def test_a_cosine_model_has_no_classifier(tiny_model_dir):
     result = CliRunner().invoke(cli, ["classify", str(tiny_model_dir), "--text", "a cat"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: the model embeds into the cosine space and has no unsafe classifier: classification needs a "
-        "model trained by a method that classifies (safeclip train --method hysac)"]
+        f"Error: {tiny_model_dir} has no fitted category classifier: run `safeclip classify fit MODEL --data "
+        f"train.jsonl --val-data val.jsonl` first"]
 
 
 def test_cli_classifies_texts_and_images_as_json(hysac_world):
@@ -58,12 +58,15 @@ def test_cli_classifies_texts_and_images_as_json(hysac_world):
             "--image", str(world["unsafe_images"][0]), "--backend", "torch", "--device", "cpu", "--json"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
-    assert [(row["modality"], row["label"]) for row in rows] == [("text", "unsafe"), ("text", "safe"),
-                                                                 ("image", "unsafe")]
-    assert rows[0]["item"] == world["unsafe_texts"][0] and rows[2]["item"] == str(world["unsafe_images"][0])
+    rows = json.loads(result.output)["results"]
+    # without a fitted category classifier, the method's own verdict is the one category
+    assert [(row["modality"], row["flagged"], row["categories"]) for row in rows] == [
+        ("text", True, {"unsafe": True}), ("text", False, {"unsafe": False}), ("image", True, {"unsafe": True})]
+    assert rows[0]["input"] == world["unsafe_texts"][0] and rows[2]["input"] == str(world["unsafe_images"][0])
+    expected = classify(world["folder"], texts=[world["unsafe_texts"][0]], backend="torch", device="cpu")[0].score
+    assert rows[0]["category_scores"] == {"unsafe": expected}
     plain = CliRunner().invoke(cli, args[:-1])
-    assert plain.exit_code == 0 and plain.output.splitlines()[0].startswith("unsafe  ")
+    assert plain.exit_code == 0 and plain.output.splitlines()[0].startswith("flagged  unsafe ")
     assert "give at least one --text or --image" in CliRunner().invoke(cli, ["classify", str(world["folder"])]).output
 
 

@@ -33,7 +33,9 @@ here. Format version 1::
       "tensorrt": {"image_encoder": {"file": "image_encoder.plan", "sha256": "..."},
                    "text_encoder": {...}, "precision": "fp16", "source_variant": "fp32",
                    "batch": {"min": 1, "opt": 32, "max": 256}, "tensorrt_version": "10.x",
-                   "device": "NVIDIA H100 80GB HBM3"}       # optional
+                   "device": "NVIDIA H100 80GB HBM3"},      # optional
+      "category_classifier": {...}       # optional: the model folder's per-category classifier as
+                                         # small graphs and its settings (see category_onnx.py)
     }
 
 Both encoders output embeddings in ``embedding_space`` (see ``safeclip_sdk.model.spaces``): L2-normalised
@@ -72,7 +74,7 @@ FORMAT_VERSION = 1
 ENCODERS = ("image_encoder", "text_encoder")
 # the manifest's own keys; any other top-level key belongs to the model's method
 FIELDS = ("format", "format_version", "safeclip_version", "source_model", "method", "weights_sha256", "opset",
-          "embed_dim", "embedding_space", "image", "text", "variants", "tensorrt")
+          "embed_dim", "embedding_space", "image", "text", "variants", "tensorrt", "category_classifier")
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Manifest:
     safeclip_version: str = ""
     embedding_space: dict[str, Any] | None = None
     method_metadata: dict[str, Any] = field(default_factory=dict)  # the method's own top-level keys
+    category_classifier: dict[str, Any] | None = None
 
     def inference(self, where: str | os.PathLike = MANIFEST_NAME) -> Inference:
         """What the model's method does with these encoders: space, classifier, query transformation."""
@@ -106,8 +109,15 @@ class Manifest:
 
     def files(self) -> list[str]:
         """Every file the manifest references (names relative to the export folder)."""
+        return [entry["file"] for entry in self.file_entries()]
+
+    def file_entries(self) -> list[dict[str, str]]:
+        """Every ``{"file", "sha256"}`` entry: the encoders of each variant and engine, the classifier's files."""
         sections = list(self.variants.values()) + ([self.tensorrt] if self.tensorrt else [])
-        return [section[encoder]["file"] for section in sections for encoder in ENCODERS]
+        entries = [section[encoder] for section in sections for encoder in ENCODERS]
+        if self.category_classifier:
+            entries += [self.category_classifier["settings"], *self.category_classifier["heads"].values()]
+        return entries
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -127,6 +137,8 @@ class Manifest:
         data.update(self.method_metadata)
         if self.tensorrt:
             data["tensorrt"] = self.tensorrt
+        if self.category_classifier:
+            data["category_classifier"] = self.category_classifier
         return data
 
     @classmethod
@@ -151,6 +163,7 @@ class Manifest:
             safeclip_version=data.get("safeclip_version", ""),
             embedding_space=data.get("embedding_space"),
             method_metadata={key: value for key, value in data.items() if key not in FIELDS},
+            category_classifier=data.get("category_classifier"),
         )
 
     def save(self, out_dir: str | os.PathLike) -> Path:
@@ -186,14 +199,12 @@ def load_manifest(directory: str | os.PathLike, *, verify_hashes: bool = True) -
 def _verify_files(directory: Path, manifest: Manifest) -> None:
     """ExportError naming the first referenced file that is missing, outside the folder, or whose
     sha256 changed."""
-    sections = list(manifest.variants.values()) + ([manifest.tensorrt] if manifest.tensorrt else [])
-    for section in sections:
-        for encoder in ENCODERS:
-            file = file_in_export(directory, section[encoder]["file"])
-            if not file.is_file():
-                raise ExportError(f"{file}: listed in {MANIFEST_NAME} but missing")
-            if file_sha256(file) != section[encoder]["sha256"]:
-                raise ExportError(f"{file}: sha256 mismatch with {MANIFEST_NAME} (file changed after export?)")
+    for entry in manifest.file_entries():
+        file = file_in_export(directory, entry["file"])
+        if not file.is_file():
+            raise ExportError(f"{file}: listed in {MANIFEST_NAME} but missing")
+        if file_sha256(file) != entry["sha256"]:
+            raise ExportError(f"{file}: sha256 mismatch with {MANIFEST_NAME} (file changed after export?)")
 
 
 def file_in_export(directory: str | os.PathLike, name: str) -> Path:
@@ -275,6 +286,19 @@ def _validate(data: dict[str, Any], where: str) -> None:
         if section != "tensorrt":
             check(f"{section}.session_options", lambda v: _is_dict(v) and all(map(_is_text, v.values())),
                   "an object of onnxruntime option names and values", optional=True)
+    if not _has(data, "category_classifier"):
+        return
+    check("category_classifier", _is_dict, "an object")
+    check("category_classifier.input", _is_text, "a non-empty string")
+    check("category_classifier.output", _is_text, "a non-empty string")
+    check("category_classifier.heads", lambda v: _is_dict(v) and v and set(v) <= {"text", "image"},
+          "an object with a 'text' and/or 'image' graph")
+    for key in ["category_classifier.settings", *(f"category_classifier.heads.{modality}"
+                                                   for modality in data["category_classifier"]["heads"])]:
+        check(key, _is_dict, 'an object {"file", "sha256"}')
+        check(f"{key}.file", _is_text, "a file name inside the export folder")
+        _check_file_name(_lookup(data, f"{key}.file"), f"{where}: '{key}.file'")
+        check(f"{key}.sha256", lambda v: isinstance(v, str) and _SHA256.fullmatch(v), "a sha256 hex digest")
 
 
 def _check_file_name(name: str, where: str) -> None:

@@ -9,7 +9,8 @@
 embeddings in the model's space (L2-normalised rows for cosine models; for another space its
 ``embed`` is part of the graph, e.g. a hyperbolic projection whose outputs are the space
 components of points) and the batch axis is dynamic. ``manifest.json`` (see ``manifest.py``) holds
-the preprocessing, the tokenizer, the embedding space, file hashes and every check's numbers.
+the preprocessing, the tokenizer, the embedding space, file hashes and every check's numbers. A
+model folder with a fitted per-category classifier also gets its small graphs (``category_onnx.py``).
 
 Every file is written under a temporary name and renamed only once it passes its checks, run
 with onnxruntime on CPU against the torch model in fp32 on generated inputs (random pixels,
@@ -55,6 +56,7 @@ from ..errors import ExportError
 from ..methods import load_checked_model, model_inference
 from ..model.folder import LoadedModel, load_model
 from ..model.spaces import EmbeddingSpace
+from .category_onnx import export_category_classifier
 from .manifest import MANIFEST_NAME, Manifest, file_entry, load_manifest
 
 if TYPE_CHECKING:
@@ -187,6 +189,8 @@ def export_onnx(model: str | os.PathLike | LoadedModel, out_dir: str | os.PathLi
             manifest.variants, manifest.tensorrt, manifest.opset = previous.variants, previous.tensorrt, previous.opset
             logger.info("%s already holds an export of these weights (%s); adding to it", out,
                         ", ".join(manifest.variants))
+            manifest.category_classifier = export_category_classifier(loaded, out)  # it may have been refitted
+            manifest.save(out)
             return _add_variants(out, manifest, loaded, parity, variants, gate)
         if previous is not None:
             logger.info("%s holds an export of other weights or another opset; building its replacement beside it",
@@ -195,6 +199,7 @@ def export_onnx(model: str | os.PathLike | LoadedModel, out_dir: str | os.PathLi
         with staged_folder(out) as stage:
             logger.info("exporting %s to ONNX in %s", source, out)
             manifest.variants["fp32"], manifest.opset = _export_fp32(network, stage, parity, opset)
+            manifest.category_classifier = export_category_classifier(loaded, stage)
             manifest.save(stage)
             try:
                 _add_variants(stage, manifest, loaded, parity, variants, gate)

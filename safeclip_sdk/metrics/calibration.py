@@ -31,7 +31,7 @@ def _checked(name: str, values) -> np.ndarray:
     return array
 
 
-def _threshold_between(index: int, thresholds: np.ndarray) -> float:
+def threshold_between(index: int, thresholds: np.ndarray) -> float:
     """A threshold classifying like ``thresholds[index]``, halfway between the scores around it.
 
     ``thresholds`` run from the highest score down (as ``moderation.roc_curve`` returns them). At
@@ -78,11 +78,11 @@ def calibrate(safe_distances, unsafe_distances, *, objective: str = "balanced_ac
     accuracy = (tpr * len(unsafe) + (1.0 - fpr) * len(safe)) / (len(safe) + len(unsafe))
     balanced = (tpr + 1.0 - fpr) / 2.0
     best = int(np.argmax(balanced if objective == "balanced_accuracy" else accuracy))  # first = highest
-    threshold = _threshold_between(best, thresholds)
+    threshold = threshold_between(best, thresholds)
 
     shown = _thinned(len(thresholds), best, max_curve_points)
     # the curve's thresholds are those of its points: thresholds[0] flags nothing, the last everything
-    curve_thresholds = [_threshold_between(int(i), thresholds) for i in shown]
+    curve_thresholds = [threshold_between(int(i), thresholds) for i in shown]
     return {
         "threshold": threshold,
         "objective": objective,

@@ -11,7 +11,9 @@ A model source is one of:
 
 A folder written by :func:`save_model_dir` records the sha256 of its weights file in
 ``safeclip.json`` (``"weights": {"file", "sha256"}``); loading refuses a file that no longer
-matches. ``safeclip.json`` also records the method that trained the model, its embedding space
+matches. A per-category classifier fitted on the folder's embeddings is recorded the same way
+(``"category_classifier"``, see ``category_classifier.py``). ``safeclip.json`` also records the
+method that trained the model, its embedding space
 (``"embedding_space"``, see ``safeclip_sdk.model.spaces``; cosine when absent) and the method's
 own keys: ``safeclip_sdk.methods.inference_of`` reads and checks those for whoever uses the model
 (the Encoder, export, evaluation). Folders without that record (older safeclip folders, plain

@@ -10,7 +10,10 @@ the same token ids (open_clip's tokenizers), and returns float32 embeddings in t
 (``encoder.space``, read from ``safeclip.json`` or the export manifest): L2-normalised rows for
 cosine models; for another space (a hyperbolic one, say) whatever its ``embed`` computes, in the
 torch runtime and inside the exported graphs alike. ``encoder.inference`` is what the model's
-method adds (classifier, query transformation; see ``safeclip_sdk.methods.inference``).
+method adds (classifier, query transformation; see ``safeclip_sdk.methods.inference``), and
+``encoder.category_classifier`` the per-category classifier fitted on its embeddings, if any (see
+``safeclip_sdk.model.category_classifier``): the stored heads for a model folder, the exported
+graph for an ONNX export.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from ..errors import DataError, ModelLoadError
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, describe_item, load_image, preprocess_image
 from ..export.manifest import MANIFEST_NAME, load_manifest
 from ..methods import Inference, load_checked_model, model_inference
+from ..model.category_classifier import CategoryClassifier, load_folder_classifier
 from ..model.architectures import open_clip_module
 from ..model.spaces import EmbeddingSpace, cosine_space
+from .category_onnx import exported_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +83,14 @@ class Encoder:
     def __init__(self, runtime: _Runtime, *, backend: str, embed_dim: int, image_cfg: dict[str, Any],
                  tokenizer, context_length: int, batch_size: int = 32, providers: list[str] | None = None,
                  num_workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 inference: Inference | None = None):
+                 inference: Inference | None = None, category_classifier: CategoryClassifier | None = None):
         self._runtime = runtime
         self.backend = backend
         self.embed_dim = int(embed_dim)
         # what the model's method does after training: its space, classifier, query transformation
         self.inference = inference or Inference(cosine_space(self.embed_dim))
+        # the per-category classifier fitted on this model's embeddings (safeclip classify fit), or None
+        self.category_classifier = category_classifier
         self.image_cfg = dict(image_cfg)
         self.tokenizer = tokenizer
         self.context_length = int(context_length)
@@ -147,7 +154,8 @@ class Encoder:
         loaded = runtime.loaded
         return cls(runtime, backend="torch", embed_dim=loaded.model_cfg["embed_dim"],
                    image_cfg=loaded.preprocess_cfg, tokenizer=loaded.tokenizer,
-                   context_length=loaded.context_length, inference=runtime.inference, **options)
+                   context_length=loaded.context_length, inference=runtime.inference,
+                   category_classifier=runtime.category_classifier, **options)
 
     @classmethod
     def _load_export(cls, folder: Path, backend: str, device: str, precision: str, num_threads: int | None,
@@ -162,8 +170,8 @@ class Encoder:
                                          text.get("tokenizer_kwargs", {}))
         return cls(runtime, backend=backend, embed_dim=manifest.embed_dim, image_cfg=manifest.image,
                    tokenizer=tokenizer, context_length=int(text["context_length"]),
-                   providers=getattr(runtime, "providers", None),
-                   inference=manifest.inference(folder), **options)
+                   providers=getattr(runtime, "providers", None), inference=manifest.inference(folder),
+                   category_classifier=exported_classifier(folder, manifest), **options)
 
     # --- model only: already preprocessed inputs ---
 
@@ -325,6 +333,8 @@ class _TorchRuntime:
         self.model = self.loaded.model.to(self.dtype).eval()
         self.inference = model_inference(self.loaded)
         self.space = self.inference.space
+        local = Path(os.fspath(source).removeprefix("local-dir:")).expanduser()
+        self.category_classifier = load_folder_classifier(local, self.loaded.metadata) if local.is_dir() else None
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         import torch
