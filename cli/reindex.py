@@ -41,6 +41,9 @@ from safeclip_sdk.index.contract import DEFAULT_REINDEX_MODE, DEFAULT_SCORE_FIEL
                    f"shift score, {UNSAFE_SCORE_FIELD} for a model that scores items itself, e.g. by the "
                    f"distance from the origin of a hyperbolic space].")
 @click.option("--no-score", is_flag=True, help="Store no moderation score.")
+@click.option("--category-scores", is_flag=True,
+              help="Also store the model's per-category scores (its fitted category classifier) in each payload, "
+                   "for safeclip search --exclude-category.")
 @click.option("--report", metavar="PATH", type=click.Path(dir_okay=False),
               help="JSON report (default: reindex-NAME.json in the current folder).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
@@ -66,9 +69,10 @@ from safeclip_sdk.index.contract import DEFAULT_REINDEX_MODE, DEFAULT_SCORE_FIEL
 @engine_options
 @click.pass_context
 def command(ctx: click.Context, qdrant, pgvector, collection, model, mode, image_field, image_root, text_field,
-            vectors, on_error, batch_size, dry_run, drop_old, allow_urls, adopt, new_version, score_field, no_score, report,
-            no_progress, gate, gate_image_root, base_model, max_unsafe_top1_increase, max_leak_increase,
-            max_recall_drop, resume_switch, engine, workers, gpus_per_worker, cpus_per_worker, ray_address) -> None:
+            vectors, on_error, batch_size, dry_run, drop_old, allow_urls, adopt, new_version, score_field, no_score,
+            category_scores, report, no_progress, gate, gate_image_root, base_model, max_unsafe_top1_increase,
+            max_leak_increase, max_recall_drop, resume_switch, engine, workers, gpus_per_worker, cpus_per_worker,
+            ray_address) -> None:
     """Re-embed the collection behind alias NAME with MODEL into NAME-safeclip-vN, keep it in step
     with live writes, verify it and switch the alias; the old collection stays for rollback.
 
@@ -92,7 +96,8 @@ def command(ctx: click.Context, qdrant, pgvector, collection, model, mode, image
     result = reindex(target, collection, model, mode=mode, image_field=image_field, image_root=image_root,
                      text_field=text_field, vectors=list(vectors), on_error=on_error, batch_size=batch_size,
                      dry_run=dry_run, drop_old=drop_old, allow_urls=allow_urls, adopt=adopt,
-                     new_version=new_version, score_field=score_field, score=not no_score, gate=gate,
+                     new_version=new_version, score_field=score_field, score=not no_score,
+                     category_scores=category_scores, gate=gate,
                      gate_image_root=gate_image_root, base_model=base_model,
                      max_unsafe_top1_increase=max_unsafe_top1_increase, max_leak_increase=max_leak_increase,
                      max_recall_drop=max_recall_drop, resume_switch=resume_switch,

@@ -30,6 +30,9 @@ from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 @click.option("--vector", default=None, help="The vector to search, when the collection has several.")
 @click.option("--max-score", default=None, metavar="X",
               help=f"Keep only points whose moderation score is below X ('{THRESHOLD}': the recorded one).")
+@click.option("--exclude-category", "exclude_categories", multiple=True, metavar="CATEGORY",
+              help="Leave out items that the per-category scores stored by `safeclip reindex --category-scores` "
+                   "flag in CATEGORY (repeatable).")
 @click.option("--field", "fields", multiple=True, metavar="NAME",
               help="Payload fields to show in the table (repeatable). Default: the first few.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True,
@@ -40,7 +43,8 @@ from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def command(qdrant: str | None, pgvector: str | None, collection: str, model: str | None, text: str | None,
             image: Path | None, limit: int, mode: str | None, vector: str | None, max_score: str | None,
-            fields: tuple[str, ...], timeout: float, no_traversal: bool, as_json: bool) -> None:
+            exclude_categories: tuple[str, ...], fields: tuple[str, ...], timeout: float, no_traversal: bool,
+            as_json: bool) -> None:
     """Search COLLECTION with a text (--text) or an image (--image) embedded by the safe model."""
     target = store_target(qdrant, pgvector)
     if (text is None) == (image is None):
@@ -51,7 +55,8 @@ def command(qdrant: str | None, pgvector: str | None, collection: str, model: st
         except ValueError:
             raise click.BadParameter(f"expected a number or '{THRESHOLD}'", param_hint="--max-score") from None
     results = search(target, collection, text if text is not None else image, model=model, limit=limit, mode=mode,
-                     vector=vector, max_score=max_score, timeout=timeout, traversal=not no_traversal)
+                     vector=vector, max_score=max_score, exclude_categories=exclude_categories, timeout=timeout,
+                     traversal=not no_traversal)
     if as_json:
         click.echo(json.dumps({"collection": results.collection, "mode": results.mode, "vector": results.vector,
                                "results": [r.to_dict() for r in results]}, indent=2, default=str))

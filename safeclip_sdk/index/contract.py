@@ -45,6 +45,9 @@ AUDIT_MODES = (BASE, QUERY_SIDE, SAFE, SCORE_FILTER)
 DEFAULT_SCORE_FIELD = "safeclip_shift"
 #: payload key of the unsafe score a model gives by itself (its method's classifier), in any mode
 UNSAFE_SCORE_FIELD = "safeclip_unsafe_score"
+#: payload key of the per-category scores a reindex writes on request (``{category key: probability}``,
+#: from the model's fitted category classifier); searches exclude a category through it
+CATEGORY_SCORES_FIELD = "safeclip_categories"
 #: payload key set on points whose source could not be read and that kept their old vectors
 ERROR_FIELD = "safeclip_source_error"
 #: suffix of the safe vector added next to a named original vector in side-by-side mode

@@ -12,7 +12,9 @@ Two ways to use a safe model against a collection:
 ``safeclip reindex`` records how it built a collection in a state document ``index:<collection>``;
 :class:`SafeSearch` reads it (through the alias) to choose the default mode, the vector to search
 and, for a side-by-side collection, the payload field holding each item's moderation score that
-``max_score`` filters on.
+``max_score`` filters on. A collection reindexed with per-category scores (``category_scores=True``)
+also records each category's payload key and threshold: ``exclude_categories`` keeps only the
+items whose score of each named category is below its threshold (through the store's own filter).
 
 A model whose method transforms queries (a hyperbolic model's safety traversal moves a query
 lying beyond the safe region back along its geodesic to the safe boundary, so an unsafe query
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data.categories import normalize_category
 from ..errors import SafeclipError
 from ..integrations import open_store
 from .contract import DEFAULT_SIDE_BY_SIDE_MODE, FULL, QUERY_SIDE, SAFE, SEARCH_MODES, index_key
@@ -76,6 +79,9 @@ class IndexInfo:
     vectors: dict[str, str]  # original vector name -> safe vector name
     score_field: str | None
     threshold: float | None
+    category_field: str | None = None  # per-category scores: the payload field, the keys in it, the thresholds
+    category_keys: dict[str, str] | None = None
+    category_thresholds: dict[str, float] | None = None
 
     @classmethod
     def read(cls, store: VectorStore, collection: str) -> IndexInfo | None:
@@ -84,7 +90,9 @@ class IndexInfo:
             return None
         return cls(mode=document["mode"], model=document.get("model"), space=dict(document.get("space") or {}),
                    vectors=dict(document.get("vectors") or {}), score_field=document.get("score_field"),
-                   threshold=document.get("threshold"))
+                   threshold=document.get("threshold"), category_field=document.get("category_field"),
+                   category_keys=document.get("category_keys"),
+                   category_thresholds=document.get("category_thresholds"))
 
 
 class SafeSearch:
@@ -218,25 +226,31 @@ class SafeSearch:
             vectors[indices] = self.encoder.space.to_query(embedding)
         return vectors
 
-    def search(self, query, *, limit: int = 10, max_score: float | str | None = None) -> SearchResults:
+    def search(self, query, *, limit: int = 10, max_score: float | str | None = None,
+               exclude_categories: Sequence[str] = ()) -> SearchResults:
         """The ``limit`` points nearest to ``query``, best first.
 
         ``max_score`` keeps only points whose moderation score (the collection's score field) is
         below it; ``"threshold"`` uses the threshold recorded with the collection.
+        ``exclude_categories`` keeps only points whose per-category score of each is below the
+        category's recorded threshold (points without scores are left out too).
         """
         if limit < 1:
             raise SearchError(f"limit must be at least 1, got {limit}")
         self.score_range(max_score)  # a bad filter fails before the query is embedded
-        return self.search_vector(self.embed(query), limit=limit, max_score=max_score)
+        self.category_ranges(exclude_categories)
+        return self.search_vector(self.embed(query), limit=limit, max_score=max_score,
+                                  exclude_categories=exclude_categories)
 
-    def search_vector(self, vector: np.ndarray, *, limit: int = 10,
-                      max_score: float | str | None = None) -> SearchResults:
+    def search_vector(self, vector: np.ndarray, *, limit: int = 10, max_score: float | str | None = None,
+                      exclude_categories: Sequence[str] = ()) -> SearchResults:
         """:meth:`search` with a query vector from :meth:`embed` or :meth:`embed_many`."""
         if limit < 1:
             raise SearchError(f"limit must be at least 1, got {limit}")
         if self.store.alias_target(self.collection) not in (None, self.physical):
             self._resolve()  # the alias moved (a reindex switched it): follow it
-        payload_range = self.score_range(max_score)
+        score_range = self.score_range(max_score)
+        payload_range = [*([score_range] if score_range else []), *self.category_ranges(exclude_categories)] or None
         try:
             hits = self.store.query(self.physical, vector, using=self.vector, limit=limit, payload_range=payload_range)
         except MissingCollectionError:  # dropped after the alias moved on between the check and the query
@@ -262,11 +276,32 @@ class SafeSearch:
         except (TypeError, ValueError):
             raise SearchError(f"max_score must be a number or '{THRESHOLD}', got {max_score!r}") from None
 
+    def category_ranges(self, exclude_categories: Sequence[str]) -> list[Range]:
+        """The payload filters that leave out each category of ``exclude_categories`` (SearchError
+        when the collection has no per-category scores or does not know a category)."""
+        if isinstance(exclude_categories, str):
+            exclude_categories = [exclude_categories]
+        if not exclude_categories:
+            return []
+        index = self.index
+        if index is None or not index.category_field:
+            raise SearchError(f"'{self.collection}' has no per-category scores (reindex it with category_scores=True, "
+                              f"--category-scores): drop the excluded categories")
+        ranges = []
+        for name in exclude_categories:
+            category = normalize_category(name) if str(name).strip() else str(name)
+            if category not in index.category_keys:
+                raise SearchError(f"category '{name}' is not one of the categories scored in '{self.collection}' "
+                                  f"({', '.join(index.category_keys)})")
+            ranges.append(Range(f"{index.category_field}.{index.category_keys[category]}",
+                                lt=float(index.category_thresholds[category])))
+        return ranges
+
 
 def search(store: VectorStore | str | os.PathLike, collection: str, query, *,
            model: str | os.PathLike | None = None, encoder=None, limit: int = 10, mode: str | None = None,
-           vector: str | None = None, max_score: float | str | None = None, timeout: float = 10.0,
-           traversal: bool = True) -> SearchResults:
+           vector: str | None = None, max_score: float | str | None = None,
+           exclude_categories: Sequence[str] = (), timeout: float = 10.0, traversal: bool = True) -> SearchResults:
     """Search ``collection`` safely with a text or image ``query``; returns the top ``limit``.
 
     Args:
@@ -281,6 +316,8 @@ def search(store: VectorStore | str | os.PathLike, collection: str, query, *,
         mode: ``query-side`` or ``safe`` (see :class:`SafeSearch` for the default).
         vector: which vector to search when the collection has several.
         max_score: keep only points whose moderation score is below this (or ``"threshold"``).
+        exclude_categories: leave out points that the per-category scores stored by a reindex
+            (``category_scores=True``) flag in any of these categories.
         timeout: seconds a server request may take (when ``store`` is a URL).
         traversal: apply the model's query transformation first (default; a hyperbolic model
             moves unsafe queries back to the safe region); False searches with the query as it is.
@@ -291,7 +328,7 @@ def search(store: VectorStore | str | os.PathLike, collection: str, query, *,
         if encoder is None:
             encoder = _load_encoder(store, collection, model)
         searcher = SafeSearch(store, collection, encoder, mode=mode, vector=vector, traversal=traversal)
-        return searcher.search(query, limit=limit, max_score=max_score)
+        return searcher.search(query, limit=limit, max_score=max_score, exclude_categories=exclude_categories)
     finally:
         if store is not given:
             store.close()

@@ -46,7 +46,8 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
             text_field: str | None = None, vectors: Mapping[str, str] | Sequence[str] | None = None,
             on_error: str = "keep", batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,
             drop_old: bool = False, allow_urls: bool = False, adopt: bool = False,
-            score_field: str | None = None, score: bool = True, report: str | os.PathLike | None = None,
+            score_field: str | None = None, score: bool = True, category_scores: bool = False,
+            report: str | os.PathLike | None = None,
             new_version: bool = False, gate: str | os.PathLike | None = None,
             gate_image_root: str | os.PathLike | None = None, base_model: str | os.PathLike | None = None,
             max_unsafe_top1_increase: float = GateLimits.max_unsafe_top1_increase,
@@ -82,6 +83,9 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
         score_field: payload key of the score (default ``safeclip_shift`` for the shift score,
             ``safeclip_unsafe_score`` for a model's own unsafe score).
         score: store the score (False: ``--no-score``).
+        category_scores: also store the model's per-category scores (its fitted category classifier's
+            probabilities) in each point's payload under ``safeclip_categories``, which ``search(...,
+            exclude_categories=[...])`` filters on.
         report: path of a JSON report (counts, passes, verification, every failed source).
         new_version: build a new version even when the alias already serves one made by this model
             with these settings (without it such a rerun reports ``already_done`` and writes nothing).
@@ -144,7 +148,8 @@ def reindex(store: str | os.PathLike | VectorStore, collection: str, model: str 
 
             encoder = Encoder.load(model, backend="auto")
         settings = {"mode": mode, "vectors": vector_names, "on_error": on_error,
-                    "score_field": _score_field(encoder, mode, score, score_field), **sources}
+                    "score_field": _score_field(encoder, mode, score, score_field),
+                    "category_scores": bool(category_scores), **sources}
         label = _model_label(model, encoder)
         started = time.time()
         probe = model_probe(encoder)

@@ -221,7 +221,7 @@ class Job:
         self.store.write_state(index_key(plan.target), {
             "mode": plan.mode, "model": self.job["model"], "space": self.job["space"],
             "vectors": {name: plan.safe_names[name] for name in plan.kinds},
-            "score_field": plan.score_field, "threshold": self._score_threshold(), **gate})
+            "score_field": plan.score_field, "threshold": self._score_threshold(), **plan.category_record(), **gate})
 
     def _score_threshold(self) -> float | None:
         """The calibrated threshold of a model's own unsafe score (its method's classifier), for

@@ -51,9 +51,11 @@ class PointBuilder:
     def build(self, points: Sequence[Point]) -> Built:
         plan = self.plan
         embeddings: dict[str, dict[int, np.ndarray]] = {}
+        category_rows: dict[str, dict[int, np.ndarray]] = {}
         reasons: dict[int, list[str]] = {}
         for name, kind in plan.kinds.items():
             embeddings[name], failed = self._embed(points, kind)
+            category_rows[name] = self._category_scores(embeddings[name], kind)
             for position, reason in failed.items():
                 reasons.setdefault(position, []).append(reason)
         built = Built([])
@@ -86,8 +88,26 @@ class PointBuilder:
                 built.embedded += 1
             if plan.score_field and scores:
                 payload[plan.score_field] = max(scores)  # several vectors: the one moved most
+            rows = [category_rows[name][position] for name in plan.kinds if position in category_rows[name]]
+            if plan.category_field and rows:
+                payload[plan.category_field] = self._category_payload(np.max(rows, axis=0))
             built.points.append(Point(point.id, payload, vectors))
         return built
+
+    def _category_scores(self, embedded: dict[int, np.ndarray], kind: str) -> dict[int, np.ndarray]:
+        """Each embedded position's class probabilities, when the plan writes per-category scores."""
+        if not self.plan.category_field or not embedded:
+            return {}
+        positions = list(embedded)
+        probabilities = self.encoder.category_classifier.probabilities(np.stack([embedded[p] for p in positions]),
+                                                                      kind)
+        return dict(zip(positions, probabilities))
+
+    def _category_payload(self, probabilities: np.ndarray) -> dict[str, float]:
+        """``{category key: probability}`` (several vectors: each category's highest)."""
+        classes = self.encoder.category_classifier.classes
+        return {self.plan.category_keys[category]: float(probabilities[column])
+                for column, category in enumerate(classes) if category in self.plan.category_keys}
 
     def _embed(self, points: Sequence[Point], kind: str) -> tuple[dict[int, np.ndarray], dict[int, str]]:
         """Embeddings by position in ``points``, and the reason for each source that failed."""

@@ -17,8 +17,8 @@ import numpy as np
 
 from ...errors import SafeclipError
 from ...integrations.base import DEFAULT_VECTOR, PointId, VectorSpec, VectorStore
-from ..contract import (DEFAULT_SCORE_FIELD, ERROR_FIELD, FULL, REINDEX_MODES, SAFE_SUFFIX, SAFE_UNNAMED,
-                        UNSAFE_SCORE_FIELD, index_key)
+from ..contract import (CATEGORY_SCORES_FIELD, DEFAULT_SCORE_FIELD, ERROR_FIELD, FULL, REINDEX_MODES, SAFE_SUFFIX,
+                        SAFE_UNNAMED, UNSAFE_SCORE_FIELD, index_key)
 
 
 KINDS = ("image", "text")
@@ -74,12 +74,25 @@ class Plan:
     on_error: str
     batch_size: int
     sources: dict[str, Any] = field(default_factory=dict)  # image_field, image_root, text_field, allow_urls
+    # per-category scores (None: not written): the payload field, each category's key in it, and the
+    # threshold above which a search excludes the category
+    category_field: str | None = None
+    category_keys: dict[str, str] = field(default_factory=dict)
+    category_thresholds: dict[str, float] = field(default_factory=dict)
 
     def reserved_fields(self) -> tuple[str, ...]:
         """Payload keys the reindex writes (left out of payload comparisons)."""
-        defaults = (ERROR_FIELD, DEFAULT_SCORE_FIELD, UNSAFE_SCORE_FIELD)
-        extra = (self.score_field,) if self.score_field and self.score_field not in defaults else ()
+        defaults = (ERROR_FIELD, DEFAULT_SCORE_FIELD, UNSAFE_SCORE_FIELD, CATEGORY_SCORES_FIELD)
+        extra = tuple(name for name in (self.score_field, self.category_field) if name and name not in defaults)
         return defaults + extra
+
+    def category_record(self) -> dict[str, Any]:
+        """What the index record says of the per-category scores, for searches that exclude a
+        category (nothing when the reindex writes none)."""
+        if not self.category_field:
+            return {}
+        return {"category_field": self.category_field, "category_keys": self.category_keys,
+                "category_thresholds": self.category_thresholds}
 
     def added_vectors(self) -> set[str]:
         """Safe vectors added beside their originals (side-by-side): a point whose source fails
@@ -93,7 +106,8 @@ class Plan:
             "source_specs": {name: _spec_dict(spec) for name, spec in self.source_specs.items()},
             "target_specs": {name: _spec_dict(spec) for name, spec in self.target_specs.items()},
             "score_field": self.score_field, "on_error": self.on_error, "batch_size": self.batch_size,
-            "sources": self.sources,
+            "sources": self.sources, "category_field": self.category_field, "category_keys": self.category_keys,
+            "category_thresholds": self.category_thresholds,
         }
 
     @classmethod
@@ -275,11 +289,46 @@ def build_plan(store: VectorStore, alias: str, source: str, encoder, settings: d
                 raise ReindexError(f"the shift score compares the original and the safe embedding, but vector "
                                    f"'{name}' of '{source}' has size {specs[name].size} and the model embeds in "
                                    f"{encoder.space.dim} dimensions: pass --no-score")
+    category_keys, category_thresholds = category_layout(encoder, kinds) if settings["category_scores"] else ({}, {})
     check_fields(store, source, settings)
     return Plan(alias=alias, source=source, target=version_name(alias, version), adopt=False, mode=settings["mode"],
                 kinds=kinds, safe_names=safe_names, source_specs=specs, target_specs=target_specs,
                 score_field=score_field, on_error=settings["on_error"], batch_size=batch_size,
-                sources={key: settings[key] for key in ("image_field", "image_root", "text_field", "allow_urls")})
+                sources={key: settings[key] for key in ("image_field", "image_root", "text_field", "allow_urls")},
+                category_field=CATEGORY_SCORES_FIELD if settings["category_scores"] else None,
+                category_keys=category_keys, category_thresholds=category_thresholds)
+
+
+def category_payload_key(category: str) -> str:
+    """A category's key inside the scores' payload field: every run of characters other than
+    letters, digits, ``_`` and ``-`` becomes ``_`` (``drug use`` -> ``drug_use``), so that every
+    store's payload path syntax reads it."""
+    return re.sub(r"[^0-9A-Za-z_-]+", "_", category).strip("_") or "category"
+
+
+def category_layout(encoder, kinds: Mapping[str, str]) -> tuple[dict[str, str], dict[str, float]]:
+    """Each category's payload key and the threshold above which a search excludes it.
+
+    A point's score of a category is the highest of its re-embedded vectors' scores, so the
+    threshold is the lowest of their modalities' thresholds (with one re-embedded vector: its own).
+    """
+    classifier = encoder.category_classifier
+    if classifier is None:
+        raise ReindexError("per-category scores need a model with a fitted category classifier: run `safeclip "
+                           "classify fit MODEL --data train.jsonl --val-data val.jsonl` first")
+    modalities = sorted(set(kinds.values()))
+    for modality in modalities:
+        if modality not in classifier.modalities:
+            raise ReindexError(f"the model's category classifier has no {modality} head (it was fitted on "
+                               f"{' and '.join(classifier.modalities)} only), so {modality} items cannot be scored")
+    keys = {category: category_payload_key(category) for category in classifier.categories}
+    clashes = [category for category in keys if list(keys.values()).count(keys[category]) > 1]
+    if clashes:
+        raise ReindexError(f"the categories {' and '.join(repr(c) for c in clashes)} would share the payload key "
+                           f"'{keys[clashes[0]]}'")
+    thresholds = {category: min(classifier.thresholds(modality)[category] for modality in modalities)
+                  for category in classifier.categories}
+    return keys, thresholds
 
 
 def adoption_plan(store: VectorStore, alias: str, source: str, batch_size: int, version: int) -> Plan:
