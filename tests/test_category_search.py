@@ -1,6 +1,6 @@
 """Per-category scores in a live collection: a reindex writes them into payloads, and a search
-leaves out a category through the store's own filter (real local Qdrant, a tiny model with a
-fitted classifier)."""
+leaves out a category through the store's own filter (real local Qdrant and PostgreSQL with
+pgvector, a tiny model with a fitted classifier)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ def store(tmp_path):
     opened.close()
 
 
+@pytest.fixture(params=["qdrant", "pgvector"])
+def any_store(request, tmp_path):
+    opened = open_store(request.getfixturevalue("pg_dsn") if request.param == "pgvector" else tmp_path / "db")
+    yield opened
+    opened.close()
+
+
 def _collection(store, encoder, texts, name="docs-original", alias="docs"):
     vectors = encoder.encode_text(texts)
     store.create_collection(name, {"": VectorSpec(vectors.shape[1], "cosine")})
@@ -53,7 +60,8 @@ def _collection(store, encoder, texts, name="docs-original", alias="docs"):
     store.switch_alias(alias, name)
 
 
-def test_reindex_writes_category_scores_and_search_excludes_a_category(store, model, tmp_path):
+def test_reindex_writes_category_scores_and_search_excludes_a_category(any_store, model):
+    store = any_store
     encoder = Encoder.load(model["folder"], backend="torch", device="cpu")
     texts = model["texts"]
     _collection(store, encoder, texts)
