@@ -38,7 +38,7 @@ def command() -> None:
     fit the per-category classifier on labelled data (stored in the model folder):
 
     \b
-        safeclip classify fit MODEL --data train.jsonl --val-data val.jsonl [--target-recall 0.95]
+        safeclip classify fit MODEL --data train.jsonl --val-data val.jsonl [--target-precision 0.9]
 
     or recalibrate the method's threshold on labelled validation data:
 
@@ -98,11 +98,11 @@ def _parse_thresholds(values: tuple[str, ...]) -> dict[str, float]:
 @click.argument("model")
 @click.option("--data", required=True, help="Training quadruplets with a category on every row (.jsonl or ViSU .json).")
 @click.option("--val-data", required=True, help="Validation quadruplets: calibration and thresholds.")
-@click.option("--target-recall", type=float, default=None,
-              help="Each category's threshold flags at least this share of its validation items "
-                   "[default: 0.95 when no target is given].")
 @click.option("--target-precision", type=float, default=None,
-              help="Each category's threshold is the lowest whose flagged validation items reach this precision.")
+              help="Each category's threshold is the lowest whose flagged validation items reach this precision "
+                   "[default: 0.9 when no target is given].")
+@click.option("--target-recall", type=float, default=None,
+              help="Each category's threshold flags at least this share of its validation items.")
 @click.option("--image-root", help="The folder relative image paths start from (both files).")
 @click.option("--skip-bad", is_flag=True, help="Skip bad dataset rows instead of stopping.")
 @click.option("--plot", "plot_path", help="Write the reliability curves (before and after calibration) as a PNG.")

@@ -14,8 +14,8 @@ For texts, and for images when every row of both files has an unsafe image:
    validation log loss; the reliability of the probabilities before and after is reported;
 4. the standardisation and the temperature are folded into one weight matrix and bias (the
    stored head is ``softmax(x @ weight.T + bias)``, see ``safeclip_sdk.model.category_classifier``);
-5. each category's threshold is chosen on the validation probabilities for the target recall
-   (default :data:`DEFAULT_TARGET`) or precision (``safeclip_sdk.metrics.category_calibration``).
+5. each category's threshold is chosen on the validation probabilities for the target precision
+   (default :data:`DEFAULT_TARGET`) or recall (``safeclip_sdk.metrics.category_calibration``).
 
 Every input is checked, and everything computed, before the model folder is written.
 """
@@ -41,7 +41,7 @@ from ..model.folder import METADATA_FILE
 from .encoder import Encoder
 
 #: what the thresholds aim at unless the user says otherwise (docs/moderation.md says why)
-DEFAULT_TARGET = (calibration.RECALL, 0.95)
+DEFAULT_TARGET = (calibration.PRECISION, 0.9)
 #: inverse regularisation strengths tried (scikit-learn's C), on standardised features
 REGULARISATION = (0.01, 0.1, 1.0, 10.0)
 #: category names a data file may not use: the safe class, and the method's own unsafe verdict
@@ -61,7 +61,7 @@ def fit_classifier(model_dir: str | os.PathLike, data, val_data, *, target_preci
         data, val_data: quadruplet files (or loaded ``QuadrupletSet``) whose rows all have a
             ``category``; the validation file has every category of the training file and no other.
         target_precision, target_recall: what each category's threshold aims at (one of them;
-            default: recall 0.95).
+            default: precision 0.9).
         image_root, skip_bad: as for ``safeclip_sdk.data.load_dataset``, for both files.
         plot_path: the reliability curves (before and after temperature scaling) as a PNG.
         json_path: the whole report as JSON.
