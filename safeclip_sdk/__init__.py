@@ -19,6 +19,7 @@ _LAZY = {
     "evaluate": "evaluation.protocol", "compare_deployments": "evaluation.deployment",
     "export_onnx": "export.onnx", "export_hf": "export.hf",
     "Encoder": "runtime.encoder", "embed": "runtime.embed", "classify": "runtime.classify",
+    "moderate": "runtime.classify", "serve": "serve",
     "load_image": "data.images",
     "open_store": "integrations", "search": "index.search", "SafeSearch": "index.search",
     "audit": "index.audit",

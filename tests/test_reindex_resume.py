@@ -18,7 +18,8 @@ from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import StoreError
 from safeclip_sdk.integrations.retry import RetryPolicy
-from safeclip_sdk.index.reindex import reindex
+from safeclip_sdk.index.reindex import ReindexError, reindex
+from safeclip_sdk.index.reindex.engine import check_resumable
 from safeclip_sdk.index.reindex.pipeline import PREFETCH
 from tests.faulty_store import FaultyStore
 from tests.reindex_world import everything, fast_folder, make_text_collection, without_reserved
@@ -135,3 +136,13 @@ def test_unreachable_server_names_it_and_never_the_key(tmp_path, tiny_model_dir,
     assert result.output.strip().splitlines()[-1].startswith("Error: qdrant http://127.0.0.1:9")
     for report in tmp_path.glob("*.json"):
         assert secret not in report.read_text()
+
+
+def test_a_job_older_than_a_setting_resumes_while_that_setting_is_off():
+    job = {"plan": {"alias": "docs"}, "phase": "copy", "settings": {"mode": "full"}, "probe": [1.0, 0.0],
+           "model": "m"}
+    check_resumable(job, {"mode": "full", "category_scores": False}, [1.0, 0.0])
+    with pytest.raises(ReindexError, match=r"used other settings \(category_scores\)"):
+        check_resumable(job, {"mode": "full", "category_scores": True}, [1.0, 0.0])
+    with pytest.raises(ReindexError, match=r"used other settings \(mode\)"):
+        check_resumable(job, {"mode": "side-by-side", "category_scores": False}, [1.0, 0.0])

@@ -285,7 +285,10 @@ def next_version(store: VectorStore, alias: str, history: list[dict[str, Any]]) 
 def check_resumable(job: dict[str, Any], settings: dict[str, Any], probe: list[float]) -> None:
     """Refuse to continue an unfinished job with other settings or another model."""
     alias = job["plan"]["alias"]
-    changed = sorted(key for key in settings if job.get("settings", {}).get(key) != settings[key])
+    saved = job.get("settings", {})
+    # a setting newer than the job is absent from it; left off, it changes nothing
+    changed = sorted(key for key in settings
+                     if (saved[key] != settings[key] if key in saved else settings[key] not in (None, False)))
     if changed:
         raise ReindexError(f"an unfinished reindex of '{alias}' (phase {job['phase']}) used other settings "
                            f"({', '.join(changed)}): rerun it with the same options, or run "
