@@ -28,6 +28,20 @@ def tiny_model_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def untrained_model_dir(tmp_path_factory, tiny_model_dir):
+    """A model that learned nothing: another random `safeclip-tiny` folder naming `tiny_model_dir`
+    as its base (a safe model whose deployments, audits and gates can be measured)."""
+    from safeclip_sdk.model.folder import save_model_dir
+
+    torch.manual_seed(1)
+    loaded = load_model("safeclip-tiny")
+    out = tmp_path_factory.mktemp("untrained")
+    save_model_dir(out, loaded.model, loaded.model_cfg, loaded.preprocess_cfg,
+                   metadata={"method": "safe-clip", "base_model": {"source": str(tiny_model_dir), "pretrained": None}})
+    return out
+
+
 from tests.conftest_pg import pg_dsn, pg_server  # noqa: E402,F401 - the PostgreSQL fixtures
 
 # `service`: the test starts PostgreSQL or Ray; `slow`: its fixtures train or export a model first

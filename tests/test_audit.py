@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -25,7 +24,6 @@ from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import DEFAULT_VECTOR, Point, VectorSpec
 from safeclip_sdk.metrics.intervals import bootstrap_mean, wilson
 from safeclip_sdk.metrics.moderation import shift_score
-from safeclip_sdk.model.folder import load_model, save_model_dir
 from safeclip_sdk.runtime.encoder import Encoder
 
 ALIAS = "gallery"
@@ -39,19 +37,8 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def safe_model_dir(tmp_path_factory, tiny_model_dir):
-    """Another tiny model folder that names ``tiny_model_dir`` as its base."""
-    torch.manual_seed(1)
-    loaded = load_model("safeclip-tiny")
-    out = tmp_path_factory.mktemp("safe_model")
-    save_model_dir(out, loaded.model, loaded.model_cfg, loaded.preprocess_cfg,
-                   metadata={"method": "safe-clip", "base_model": {"source": str(tiny_model_dir), "pretrained": None}})
-    return out
-
-
-@pytest.fixture(scope="module")
-def encoders(tiny_model_dir, safe_model_dir):
-    return Encoder.load(tiny_model_dir, device="cpu"), Encoder.load(safe_model_dir, device="cpu")
+def encoders(tiny_model_dir, untrained_model_dir):
+    return Encoder.load(tiny_model_dir, device="cpu"), Encoder.load(untrained_model_dir, device="cpu")
 
 
 @pytest.fixture(params=["qdrant", "pgvector"])
@@ -99,11 +86,11 @@ def assert_equal_to_evaluation(report: AuditReport, evaluated: dict, modes):
 
 @pytest.mark.slow
 def test_audit_equals_the_deployment_evaluation_before_and_after_a_reindex(store, world, encoders, tiny_model_dir,
-                                                                           safe_model_dir, tmp_path):
+                                                                           untrained_model_dir, tmp_path):
     base, safe = encoders
     items = index_gallery(store, world, base)
     threshold = filter_threshold(items, base, safe)
-    evaluated = compare_deployments(str(tiny_model_dir), str(safe_model_dir), world["test"],
+    evaluated = compare_deployments(str(tiny_model_dir), str(untrained_model_dir), world["test"],
                                     thresholds={IMAGES: threshold, TEXTS: threshold}).modes
     probes = Path(world["test"]).parent / PROBES_FILE
 
@@ -112,9 +99,9 @@ def test_audit_equals_the_deployment_evaluation_before_and_after_a_reindex(store
     assert any("mode 'safe' not measured" in note for note in before.notes)
     assert_equal_to_evaluation(before, evaluated, [BASE, QUERY_SIDE])
 
-    reindex(store, ALIAS, encoder=safe, model=safe_model_dir, image_field="image",
+    reindex(store, ALIAS, encoder=safe, model=untrained_model_dir, image_field="image",
             image_root=Path(world["test"]).parent, progress=False)
-    after = audit(store, ALIAS, safe_model_dir, probes, max_score=threshold, json_path=tmp_path / "a.json",
+    after = audit(store, ALIAS, untrained_model_dir, probes, max_score=threshold, json_path=tmp_path / "a.json",
                   markdown_path=tmp_path / "a.md", plot_path=tmp_path / "a.png")
     assert list(after.modes) == [BASE, QUERY_SIDE, SAFE, SCORE_FILTER]
     assert after.modes[SCORE_FILTER]["max_score"] == threshold
@@ -149,7 +136,7 @@ def write_probes(path: Path, *rows, header=None) -> Path:
     return path
 
 
-def test_cli_audit_with_text_and_image_probes(qdrant_gallery, world, safe_model_dir, tmp_path):
+def test_cli_audit_with_text_and_image_probes(qdrant_gallery, world, untrained_model_dir, tmp_path):
     root = Path(world["test"]).parent
     items = load_dataset(world["test"]).items
     probes = write_probes(
@@ -158,7 +145,7 @@ def test_cli_audit_with_text_and_image_probes(qdrant_gallery, world, safe_model_
         {"image": str(Path(items[1].unsafe_image).relative_to(root)), "label": "unsafe", "category": "violence"},
         {"image": str(Path(items[2].safe_image).relative_to(root)), "label": "safe", "expected": [2], "id": "own"})
     result = CliRunner().invoke(cli, ["audit", "--qdrant", str(qdrant_gallery), "--collection", ALIAS, "--model",
-                                      str(safe_model_dir), "--probes", str(probes), "--image-root", str(root), "-k", "3",
+                                      str(untrained_model_dir), "--probes", str(probes), "--image-root", str(root), "-k", "3",
                                       "--json", str(tmp_path / "audit.json"), "--plot", str(tmp_path / "audit.png")])
     assert result.exit_code == 0, result.output
     report = AuditReport.from_json((tmp_path / "audit.json").read_text())
@@ -186,12 +173,12 @@ BAD_PROBES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PROBES))
-def test_bad_probe_files_are_one_line_errors_and_nothing_is_written(case, qdrant_gallery, world, safe_model_dir,
+def test_bad_probe_files_are_one_line_errors_and_nothing_is_written(case, qdrant_gallery, world, untrained_model_dir,
                                                                     tmp_path):
     rows, message = BAD_PROBES[case]
     probes = write_probes(tmp_path / "probes.jsonl", *rows)
     result = CliRunner().invoke(cli, ["audit", "--qdrant", str(qdrant_gallery), "--collection", ALIAS, "--model",
-                                      str(safe_model_dir), "--probes", str(probes), "--image-root",
+                                      str(untrained_model_dir), "--probes", str(probes), "--image-root",
                                       str(Path(world["test"]).parent), "--json", str(tmp_path / "audit.json")])
     assert result.exit_code == 1 and message in result.output, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("Error: ") and "Traceback" not in result.output
@@ -204,9 +191,9 @@ def test_bad_probe_files_are_one_line_errors_and_nothing_is_written(case, qdrant
     (["--collection", "photos"], "no collection or alias 'photos'"),
 ])
 def test_modes_the_collection_cannot_serve_are_one_line_errors(arguments, message, qdrant_gallery, world,
-                                                               safe_model_dir, tmp_path):
+                                                               untrained_model_dir, tmp_path):
     probes = Path(world["test"]).parent / PROBES_FILE
-    options = {"--collection": ALIAS, "--model": str(safe_model_dir), "--probes": str(probes)}
+    options = {"--collection": ALIAS, "--model": str(untrained_model_dir), "--probes": str(probes)}
     options.update(zip(arguments[::2], arguments[1::2]))
     result = CliRunner().invoke(cli, ["audit", "--qdrant", str(qdrant_gallery), *[part for pair in options.items()
                                                                                    for part in pair],

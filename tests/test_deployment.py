@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -19,7 +18,7 @@ from safeclip_sdk.errors import SafeclipError
 from safeclip_sdk.evaluation.protocol import evaluate
 from safeclip_sdk.metrics.retrieval import (UNSAFE_IMAGE_TO_ALL_TEXTS, UNSAFE_TEXT_TO_ALL_IMAGES, EmbeddingSet,
                                             rank_ground_truth)
-from safeclip_sdk.model.folder import load_model, save_model_dir
+from safeclip_sdk.model.folder import load_model
 
 N = 4
 E = np.eye(3 * N, dtype=np.float32)
@@ -158,21 +157,10 @@ def world(tmp_path_factory):
     return build_demo_world(tmp_path_factory.mktemp("world"), n_train=4, n_val=16, n_test=16, image_size=32)
 
 
-@pytest.fixture(scope="module")
-def safe_model_dir(tmp_path_factory, tiny_model_dir):
-    """Another tiny model folder that names ``tiny_model_dir`` as its base."""
-    torch.manual_seed(1)
-    loaded = load_model("safeclip-tiny")
-    out = tmp_path_factory.mktemp("safe_model")
-    save_model_dir(out, loaded.model, loaded.model_cfg, loaded.preprocess_cfg,
-                   metadata={"method": "safe-clip", "base_model": {"source": str(tiny_model_dir), "pretrained": None}})
-    return out
-
-
-def test_cli_deployment_end_to_end(world, tiny_model_dir, safe_model_dir, tmp_path):
+def test_cli_deployment_end_to_end(world, tiny_model_dir, untrained_model_dir, tmp_path):
     out = tmp_path / "report"
     result = CliRunner().invoke(cli, [
-        "eval", str(safe_model_dir), "--data", str(world["test"]), "--deployment", "--val-data", str(world["val"]),
+        "eval", str(untrained_model_dir), "--data", str(world["test"]), "--deployment", "--val-data", str(world["val"]),
         "--device", "cpu", "--json", str(out / "deployment.json"), "--markdown", str(out / "deployment.md"),
         "--plot", str(out / "roc.png")])
     assert result.exit_code == 0, result.output
@@ -188,7 +176,7 @@ def test_cli_deployment_end_to_end(world, tiny_model_dir, safe_model_dir, tmp_pa
     assert "**Text queries** against a gallery of 32 items (16 unsafe)" in result.output
 
     # base and full reindex are the protocol's own unsafe directions for the base and safe model
-    protocol = evaluate({"base": str(tiny_model_dir), "safe": str(safe_model_dir)}, world["test"], ks=(1, 10))
+    protocol = evaluate({"base": str(tiny_model_dir), "safe": str(untrained_model_dir)}, world["test"], ks=(1, 10))
     for mode, name in ((BASE, "base"), (FULL_REINDEX, "safe")):
         for direction, protocol_direction in ((TEXT_QUERIES, UNSAFE_TEXT_TO_ALL_IMAGES),
                                               (IMAGE_QUERIES, UNSAFE_IMAGE_TO_ALL_TEXTS)):
@@ -221,15 +209,15 @@ def test_same_model_on_both_sides_changes_nothing(world, tiny_model_dir):
     (["--deployment", "--no-base"], "cannot be combined"),
     (["--deployment", "--target-fpr", "5"], "not a fraction between 0 and 1"),
 ])
-def test_cli_deployment_errors(world, safe_model_dir, arguments, message):
-    result = CliRunner().invoke(cli, ["eval", str(safe_model_dir), "--data", str(world["test"]), "--device", "cpu",
+def test_cli_deployment_errors(world, untrained_model_dir, arguments, message):
+    result = CliRunner().invoke(cli, ["eval", str(untrained_model_dir), "--data", str(world["test"]), "--device", "cpu",
                                       *arguments])
     assert result.exit_code != 0 and message in result.output
     assert "Traceback" not in result.output
 
 
-def test_two_models_are_refused_with_deployment(world, safe_model_dir, tiny_model_dir):
-    result = CliRunner().invoke(cli, ["eval", str(safe_model_dir), str(tiny_model_dir), "--data", str(world["test"]),
+def test_two_models_are_refused_with_deployment(world, untrained_model_dir, tiny_model_dir):
+    result = CliRunner().invoke(cli, ["eval", str(untrained_model_dir), str(tiny_model_dir), "--data", str(world["test"]),
                                       "--deployment"])
     assert result.exit_code != 0 and "one safe MODEL" in result.output
 

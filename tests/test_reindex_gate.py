@@ -32,17 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 PAIRS = 12
 
 
-@pytest.fixture(scope="module")
-def untrained_model_dir(tmp_path_factory, tiny_model_dir):
-    """A model that learned nothing: another random `safeclip-tiny`, naming the base as its base."""
-    torch.manual_seed(1)
-    loaded = load_model("safeclip-tiny")
-    out = tmp_path_factory.mktemp("untrained")
-    save_model_dir(out, loaded.model, loaded.model_cfg, loaded.preprocess_cfg,
-                   metadata={"method": "safe-clip", "base_model": {"source": str(tiny_model_dir), "pretrained": None}})
-    return out
-
-
 def unsafe_text(number: int) -> str:
     return f"{text_of(number)} next to a bloody knife"
 
