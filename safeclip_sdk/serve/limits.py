@@ -14,6 +14,7 @@ from PIL import Image
 from ..data.images import check_image
 from ..errors import ImageError
 from .errors import ApiError, error_response
+from .image_urls import fetch_image_url, is_image_url
 from .settings import ServeSettings
 
 DATA_URL_PREFIX = "data:"
@@ -83,12 +84,15 @@ def checked_text(value: Any, field: str, settings: ServeSettings) -> str:
 
 
 def checked_image(value: Any, field: str, settings: ServeSettings) -> bytes | Path:
-    """An image input (a base64 data URL, or a path under the image root) as bytes or a path,
-    its header checked: 413 over the pixel limit, 422 not an image, 403 outside the root."""
+    """An image input (a base64 data URL, an http(s) URL when the server fetches them, or a path
+    under the image root) as bytes or a path, its header checked: 413 over the pixel limit, 422 not
+    an image, 403 outside the root."""
     if not isinstance(value, str):
         raise ApiError(422, f"{field}: expected a data URL (data:image/png;base64,...) string", param=field)
     if value.startswith(DATA_URL_PREFIX):
         image: bytes | Path = _data_url_bytes(value, field)
+    elif is_image_url(value):
+        image = fetch_image_url(value, field, settings)
     elif settings.image_root is not None:
         image = _path_under_root(value, field, settings.image_root)
     else:
