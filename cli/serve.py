@@ -38,17 +38,39 @@ from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 @click.option("--max-image-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True)
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Image inputs may also be paths under this folder (never outside it). Default: data URLs only.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="uvicorn processes on this machine, each loading its own model (a store must then be a server "
+                   "or PostgreSQL: a local Qdrant folder is opened by one process only).")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run as a Ray Serve deployment (--host/--port are then Serve's HTTP proxy).")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --ray: a fixed number of replicas.")
+@click.option("--min-replicas", type=click.IntRange(min=0), default=None,
+              help="With --ray --max-replicas: fewest replicas the autoscaler keeps (default 1; 0: none while idle).")
+@click.option("--max-replicas", type=click.IntRange(min=1), default=None,
+              help="With --ray: autoscale up to this many replicas instead of a fixed --replicas.")
+@click.option("--target-ongoing-requests", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --max-replicas: requests in flight per replica the autoscaler aims at (default 16).")
+@click.option("--gpus-per-replica", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="With --ray: GPUs Ray reserves for each replica (fractions share a GPU).")
+@click.option("--cpus-per-replica", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
+              help="With --ray: CPUs Ray reserves for each replica.")
+@click.option("--ray-address", default=None,
+              help="With --ray: the Ray cluster to join (default: RAY_ADDRESS, or a local Ray started here).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 def command(model: str, qdrant: str | None, pgvector: str | None, collection: str | None, host: str, port: int,
             backend: str, device: str, num_threads: int | None, model_name: str | None, max_batch_size: int, max_wait_ms: float,
             max_queue: int, request_timeout: float, max_body_bytes: int, max_inputs: int, max_text_chars: int,
-            max_image_pixels: int, image_root: Path | None, log_level: str) -> None:
+            max_image_pixels: int, image_root: Path | None, workers: int, use_ray: bool, replicas: int,
+            min_replicas: int | None, max_replicas: int | None, target_ongoing_requests: float | None,
+            gpus_per_replica: float, cpus_per_replica: float, ray_address: str | None, log_level: str) -> None:
     """Serve MODEL (a model folder or an ONNX export) over HTTP: OpenAI-shaped /v1/embeddings and
     /v1/moderations, /v1/search over --collection, /healthz, /readyz, /metrics. API keys, if any,
     come from SAFECLIP_API_KEYS (comma-separated). See docs/serving.md."""
     from safeclip_sdk.serve import ServeSettings, serve
 
+    _check_scale_out(click.get_current_context(), use_ray)
     store = None
     if qdrant is not None or pgvector is not None or collection is not None:
         store = store_target(qdrant, pgvector)
@@ -58,5 +80,38 @@ def command(model: str, qdrant: str | None, pgvector: str | None, collection: st
                              request_timeout_s=request_timeout, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
                              max_text_chars=max_text_chars, max_image_pixels=max_image_pixels, image_root=image_root,
                              model_name=model_name)
-    serve(model, store=store, collection=collection, host=host, port=port, settings=settings, backend=backend,
-          device=device, num_threads=num_threads, log_level=log_level)
+    if not use_ray:
+        serve(model, store=store, collection=collection, host=host, port=port, settings=settings, backend=backend,
+              device=device, num_threads=num_threads, log_level=log_level, workers=workers)
+        return
+    from safeclip_sdk.serve.ray_serve import TARGET_ONGOING_REQUESTS, serve_ray
+
+    serve_ray(model, store=store, collection=collection, settings=settings, replicas=replicas,
+              min_replicas=min_replicas, max_replicas=max_replicas,
+              target_ongoing_requests=target_ongoing_requests or TARGET_ONGOING_REQUESTS,
+              gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica, ray_address=ray_address,
+              host=host, port=port, backend=backend, device=device, num_threads=num_threads)
+
+
+RAY_ONLY = ("replicas", "min_replicas", "max_replicas", "target_ongoing_requests", "gpus_per_replica",
+            "cpus_per_replica", "ray_address")
+
+
+def _check_scale_out(context: click.Context, use_ray: bool) -> None:
+    """Refuse options that do not go together, naming them."""
+    given = {name for name in (*RAY_ONLY, "workers")
+             if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    if use_ray and "workers" in given:
+        raise click.UsageError("--workers runs uvicorn processes on this machine; with --ray use --replicas")
+    if not use_ray and given & set(RAY_ONLY):
+        raise click.UsageError(f"{flag(sorted(given & set(RAY_ONLY))[0])} needs --ray")
+    if "replicas" in given and given & {"min_replicas", "max_replicas"}:
+        raise click.UsageError("give --replicas (a fixed number) or --min-replicas/--max-replicas (autoscaling), "
+                               "not both")
+    for name in ("min_replicas", "target_ongoing_requests"):
+        if name in given and "max_replicas" not in given:
+            raise click.UsageError(f"{flag(name)} needs --max-replicas (autoscaling)")
