@@ -18,7 +18,7 @@ def test_quick_demo_trains_evaluates_exports_and_searches(tmp_path):
     assert result.exit_code == 0, result.output
 
     for stage in ("world", "base CLIP pre-training", "Safe-CLIP fine-tuning", "evaluation", "ONNX export", "search",
-                  "vector database"):
+                  "vector database", "service"):
         assert f"[{stage}] done" in result.output
     # the vector-database stage: a live reindex that lost no write, each deployment measured, a picture
     assert "live writes check: all" in result.output
@@ -26,6 +26,11 @@ def test_quick_demo_trains_evaluates_exports_and_searches(tmp_path):
         assert f"| {deployment} |" in result.output
     assert "recommended deployment on this measurement:" in result.output
     assert (out / "search.png").stat().st_size > 0
+    # the service stage: each route answered over HTTP; the demo's Safe-CLIP model has no classifier
+    for request in ("GET /healthz", "GET /readyz", "POST /v1/embeddings", "POST /v1/search", "GET /metrics"):
+        assert f"| {request} | 200 |" in result.output
+    assert "| POST /v1/moderations | 400 | error: model 'safe-clip-demo' has no classifier" in result.output
+    assert "to keep it running: safeclip serve" in result.output
     assert json.loads((out / "safe-clip" / "model" / "safeclip.json").read_text())["base_model"]["source"] == \
         str(out / "base" / "model")
     load_model(str(out / "safe-clip" / "model"))

@@ -9,7 +9,8 @@
 7. a live vector database: the test images indexed in an embedded Qdrant collection with the base
    model, made safe by ``safeclip reindex`` while a writer keeps writing, each deployment measured
    through Qdrant's own queries, and ``search.png`` drawn (see ``demo_vectordb``);
-8. with ``all_methods``: SafeR-CLIP and HySAC trained the same way, and base, Safe-CLIP, SafeR-CLIP
+8. ``safeclip serve`` on that collection for a few seconds, one request per route (see ``demo.service``);
+9. with ``all_methods``: SafeR-CLIP and HySAC trained the same way, and base, Safe-CLIP, SafeR-CLIP
    and HySAC evaluated side by side (see ``demo_methods``).
 
 Each stage reuses its output when the folder already holds it, so an interrupted demo resumes.
@@ -51,6 +52,7 @@ class DemoResult:
     searches: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     vector_db: Any = None
+    service: Any = None  # the demo.service.RouteAnswer of each route, when the service stage ran
     methods: Any = None  # a demo_methods.MethodComparison with --all-methods
 
 
@@ -109,6 +111,11 @@ def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, dev
     started = time.time()
     vector_db = _vector_database(out, base_dir, onnx_dir or safe_dir, world, echo)
     stage("vector database", started)
+    service = None
+    if vector_db is not None:
+        started = time.time()
+        service = _service(out, onnx_dir or safe_dir, world, echo)
+        stage("service", started)
     methods = None
     if all_methods:
         methods = compare_all_methods(out, base_dir, safe_dir, world, settings, device=device, seed=seed, echo=echo)
@@ -116,7 +123,22 @@ def run_demo(output_dir: str | Path = "demo-output", *, quick: bool = False, dev
     echo(f"demo finished: models in {out}, evaluation in {out / 'evaluation.md'}"
          + (f", search picture in {vector_db.picture}" if vector_db else "")
          + (f", method comparison in {methods.markdown_path}" if methods else ""))
-    return DemoResult(out, base_dir, safe_dir, onnx_dir, report, searches, seconds, vector_db, methods)
+    return DemoResult(out, base_dir, safe_dir, onnx_dir, report, searches, seconds, vector_db, service, methods)
+
+
+def _service(out: Path, model: Path, world: dict[str, Path], echo):
+    """Stage 8; skipped with a note when the service's libraries are not installed (``safeclip[serve]``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        echo("service stage skipped: FastAPI/uvicorn are not installed (pip install 'safeclip[serve]')")
+        return None
+    from .service import run_service_stage
+    from .vectordb import COLLECTION
+
+    first = load_dataset(world["test"]).items[0]
+    return run_service_stage(model, out / "qdrant", COLLECTION, world["test"].parent, first.unsafe_text,
+                             Path(first.safe_image), echo)
 
 
 def _vector_database(out: Path, base_dir: Path, safe_model: Path, world: dict[str, Path], echo):
