@@ -25,6 +25,7 @@ from .auth import BearerKeyCheck, api_keys_from_environment
 from .errors import ApiError, install_error_handlers
 from .limits import BodySizeLimit, checked_image, checked_text, input_list
 from .metrics import RequestMetrics, ServeMetrics
+from .page import register_page
 from .schemas import IMAGE, TEXT, EmbeddingRequest, ModerationRequest, SearchRequest
 from .service import ModelService
 from .settings import ServeSettings
@@ -157,6 +158,7 @@ def create_app(model: str | os.PathLike | Encoder, *, store=None, collection: st
                              "category_scores": result.payload.get(category_field) if category_field else None}
                             for result in results]}
 
+    register_page(app, service, authorized)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.routes)
     return app
