@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.serve import ServeSettings, create_app
 from serve_server import free_port, running
 from test_search import TEXTS, _side_by_side
+from test_serve import _sample
 
 openai = pytest.importorskip("openai")
 
@@ -132,3 +134,52 @@ def test_the_command_serves_on_loopback_until_stopped(tiny_model_dir):
 def test_a_store_without_a_collection_is_a_usage_error(tmp_path, tiny_model_dir):
     result = CliRunner().invoke(cli, ["serve", str(tiny_model_dir), "--qdrant", str(tmp_path / "db")])
     assert result.exit_code == 2 and "--collection" in result.output
+
+
+def test_concurrent_moderations_share_model_calls_and_equal_the_library(hysac_world):
+    encoder = Encoder.load(hysac_world["folder"], backend="torch", device="cpu")
+    texts = (hysac_world["safe_texts"][:8] + hysac_world["unsafe_texts"][:8])
+    expected = moderate(encoder, texts=texts)
+    app = create_app(encoder, settings=ServeSettings(model_name=MODEL, max_wait_ms=50), api_keys=())
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        with ThreadPoolExecutor(len(texts)) as pool:
+            answers = list(pool.map(lambda text: client.post("/v1/moderations", json={"input": text}).json(), texts))
+        metrics = client.get("/metrics").text
+    for answer, wanted in zip(answers, expected):
+        result = answer["results"][0]
+        assert result["flagged"] == wanted.flagged
+        assert result["category_scores"]["unsafe"] == pytest.approx(wanted.category_scores["unsafe"], abs=1e-5)
+    calls = _sample(metrics, 'safeclip_batch_size_count{modality="moderation-text"}')
+    assert _sample(metrics, 'safeclip_batch_size_sum{modality="moderation-text"}') == len(texts)
+    assert calls < len(texts), f"{len(texts)} concurrent moderations took {calls} model calls"
+
+
+def test_searches_waiting_are_bounded_and_every_answer_is_right(tmp_path, tiny_model_dir):
+    encoder = Encoder.load(tiny_model_dir, backend="torch", device="cpu")
+    store = open_store(tmp_path / "db")
+    _side_by_side(store, "photos", encoder.space.to_stored(encoder.encode_text(TEXTS)), tiny_model_dir, encoder)
+    store.close()
+    slow = Encoder.load(tiny_model_dir, backend="torch", device="cpu")
+    encode_text = slow.encode_text
+
+    def slowly(texts, **options):
+        time.sleep(0.3)
+        return encode_text(texts, **options)
+
+    slow.encode_text = slowly
+    app = create_app(slow, store=str(tmp_path / "db"), collection="photos",
+                     settings=ServeSettings(max_queue=2, retry_after_s=2), api_keys=())
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        expected = [r["id"] for r in client.post("/v1/search", json={"input": TEXTS[2], "k": 3}).json()["results"]]
+        with ThreadPoolExecutor(10) as pool:
+            responses = list(pool.map(lambda _: client.post("/v1/search", json={"input": TEXTS[2], "k": 3}),
+                                      range(10)))
+        metrics = client.get("/metrics").text
+    statuses = [response.status_code for response in responses]
+    assert set(statuses) == {200, 429}, statuses
+    for response in responses:
+        if response.status_code == 200:
+            assert [r["id"] for r in response.json()["results"]] == expected
+        else:
+            assert response.headers["retry-after"] == "2"
+    assert _sample(metrics, 'safeclip_rejected_total{modality="search"}') == statuses.count(429)

@@ -1,5 +1,6 @@
-"""What the routes call: the loaded model behind two batchers (texts, images), moderation, and
-the safe search of the configured collection, all run on one inference thread."""
+"""What the routes call: the loaded model behind dynamic batchers (embeddings and moderations of
+texts and of images) and the safe search of the configured collection, all run on one inference
+thread, every queue bounded."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ from .metrics import ServeMetrics
 from .schemas import IMAGE, TEXT
 from .settings import ServeSettings
 
+#: the batchers' names (the ``modality`` label of the batch-size and queue metrics)
+MODERATION = {TEXT: "moderation-text", IMAGE: "moderation-image"}
+SEARCH = "search"
+
 
 class ModelService:
     """One loaded model (and optionally one collection) served to concurrent requests."""
@@ -40,6 +45,12 @@ class ModelService:
                     "max_wait_s": settings.max_wait_ms / 1000, "max_queue": settings.max_queue, "metrics": metrics}
         self._batchers = {TEXT: DynamicBatcher(TEXT, self._embed_texts, **batching),
                           IMAGE: DynamicBatcher(IMAGE, self._embed_images, **batching)}
+        if self.moderates:
+            self._batchers[MODERATION[TEXT]] = DynamicBatcher(
+                MODERATION[TEXT], lambda texts: moderate(self.encoder, texts=texts), **batching)
+            self._batchers[MODERATION[IMAGE]] = DynamicBatcher(
+                MODERATION[IMAGE], lambda images: moderate(self.encoder, images=images), **batching)
+        self._searches_waiting = 0
         if store is not None:
             self.store = open_store(store)
             try:
@@ -67,14 +78,24 @@ class ModelService:
 
     async def embed(self, modality: str, items: list[Any]) -> list[Any]:
         """Per input: ``(vector, tokens)`` for texts, a vector or an ImageFailure for images."""
+        return await self._submit(modality, items)
+
+    async def _submit(self, batcher: str, items: list[Any]) -> list[Any]:
         try:
-            return await self._batchers[modality].submit(items, self.settings.request_timeout_s)
+            return await self._batchers[batcher].submit(items, self.settings.request_timeout_s)
         except QueueFull:
-            self.metrics.rejected.labels(modality).inc()
-            raise ApiError(429, "the server is busy: too many requests waiting, retry later", "rate_limit_error",
-                           headers={"Retry-After": str(self.settings.retry_after_s)}) from None
+            raise self._busy(batcher) from None
         except DeadlineExceeded:
             raise _deadline_error(self.settings) from None
+        except ImageError as error:
+            raise ApiError(422, str(error), param="input") from None
+        except SafeclipError as error:
+            raise ApiError(400, str(error)) from None
+
+    def _busy(self, queue: str) -> ApiError:
+        self.metrics.rejected.labels(queue).inc()
+        return ApiError(429, "the server is busy: too many requests waiting, retry later", "rate_limit_error",
+                        headers={"Retry-After": str(self.settings.retry_after_s)})
 
     def _embed_texts(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
         vectors = self.encoder.encode_text(texts)
@@ -91,7 +112,7 @@ class ModelService:
             outcomes[index] = result.embeddings[row]
         return outcomes
 
-    # --- moderation and search, one request per model call ---
+    # --- moderation (batched) and search (one query per call, a bounded number waiting) ---
 
     @property
     def moderates(self) -> bool:
@@ -99,11 +120,12 @@ class ModelService:
 
     async def moderate(self, parts: list[tuple[str, Any]]) -> list[Any]:
         """One Moderation per ``(modality, value)``, in order."""
-        texts = [value for modality, value in parts if modality == TEXT]
-        images = [value for modality, value in parts if modality == IMAGE]
-        moderations = await self._on_inference_thread(lambda: moderate(self.encoder, texts=texts, images=images))
-        by_modality = {TEXT: iter(moderations[:len(texts)]), IMAGE: iter(moderations[len(texts):])}
-        return [next(by_modality[modality]) for modality, _ in parts]
+        by_modality = {modality: [value for kind, value in parts if kind == modality] for modality in (TEXT, IMAGE)}
+        present = [modality for modality, values in by_modality.items() if values]
+        answers = await asyncio.gather(*(self._submit(MODERATION[modality], by_modality[modality])
+                                         for modality in present))
+        in_order = {modality: iter(answer) for modality, answer in zip(present, answers)}
+        return [next(in_order[modality]) for modality, _ in parts]
 
     async def search(self, query, *, limit: int, mode: str | None, vector: str | None, max_score,
                      exclude_categories: list[str], traversal: bool) -> tuple[SafeSearch, Any]:
@@ -113,7 +135,15 @@ class ModelService:
                 return searcher, searcher.search(query, limit=limit, max_score=max_score,
                                                  exclude_categories=exclude_categories)
 
-        return await self._on_inference_thread(run)
+        if self._searches_waiting >= self.settings.max_queue:
+            raise self._busy(SEARCH)
+        self._searches_waiting += 1
+        self.metrics.queue_depth.labels(SEARCH).set(self._searches_waiting)
+        try:
+            return await self._on_inference_thread(run)
+        finally:
+            self._searches_waiting -= 1
+            self.metrics.queue_depth.labels(SEARCH).set(self._searches_waiting)
 
     def _searcher(self, mode: str | None, vector: str | None, traversal: bool) -> SafeSearch:
         key = (mode, vector, traversal)
