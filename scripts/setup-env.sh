@@ -22,4 +22,17 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$ROOT/scri
     fi
     touch "$STAMP"
 fi
+
+# headless Chromium for the search page's browser test (tests/test_serve_page.py skips without it):
+# installed once on a Debian machine where we are root (about a minute; measured in docs/serving.md)
+CHROMIUM_TRIED="$VENV/.chromium-tried"
+if ! command -v chromium >/dev/null 2>&1 && [ ! -f "$CHROMIUM_TRIED" ] && [ "$(id -u)" = 0 ] \
+        && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (apt-get) for the search page's browser test" >&2
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium fonts-liberation; } >/dev/null 2>&1; then
+        echo "chromium could not be installed: the search page's browser test will be skipped" >&2
+    fi
+    touch "$CHROMIUM_TRIED"
+fi
 export VENV PY
