@@ -4,6 +4,7 @@ the in-process Encoder, in one run.
     python benchmarks/bench_serve.py                                  # tiny model, ONNX CPU, texts and images
     python benchmarks/bench_serve.py --concurrency 1 4 16 64 --repeats 3 --json /tmp/bench/serve.json
     python benchmarks/bench_serve.py --backend torch --modalities text --requests 128   # a quick run
+    python benchmarks/bench_serve.py --modalities text --concurrency 16 --workers 2 --ray 2   # scale-out
 
 A random-weight `safeclip-tiny` is saved and exported to ONNX fp32 in a temporary folder (nothing
 is downloaded). Two servers are started as `safeclip serve` processes on loopback ports: one
@@ -15,6 +16,12 @@ requests/s is answered requests over wall time, latencies are per request. Texts
 captions; images are 64x64 PNGs sent as base64 data URLs (the server decodes and preprocesses
 them). The in-process rows are ``Encoder.encode_text`` / ``encode_image`` on the same inputs in
 batches of 32 and of 1, in this process, same backend.
+
+``--workers N`` adds a server of N uvicorn processes, ``--ray N`` one of N Ray Serve replicas on
+a local Ray started by the server (one CPU each), both with the default batching; the table then
+also gives each server's ratio to the single-process default server. "inputs per call" is
+``safeclip_batch_size`` sum over count read from ``/metrics`` after the run (for several processes:
+of the process that answered that request).
 
 Each figure is the median of ``--repeats`` runs; in each repeat both servers are measured at
 every concurrency one after the other, and the ratio to the unbatched server's requests/s is
@@ -44,8 +51,9 @@ from common import describe_machine, machine_info, markdown_table, summarize, th
 
 MODEL_NAME = "tiny"
 UNBATCHED = "unbatched"
+DEFAULT = "batched, wait 0 (default)"
 SERVERS = {"batched, wait 5 ms": ["--max-batch-size", "32", "--max-wait-ms", "5"],
-           "batched, wait 0 (default)": ["--max-batch-size", "32", "--max-wait-ms", "0"],
+           DEFAULT: ["--max-batch-size", "32", "--max-wait-ms", "0"],
            UNBATCHED: ["--max-batch-size", "1"]}
 
 
@@ -83,7 +91,7 @@ def start_server(model: Path, backend: str, port: int, options: list[str]) -> su
                "--port", str(port), "--model-name", MODEL_NAME, "--log-level", "warning", "--max-queue", "1024",
                *options]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # Ray and several workers start slowly on a small machine
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
@@ -139,6 +147,19 @@ async def load(port: int, modality: str, items: list[str], concurrency: int, req
             "p99_ms": 1000 * float(np.percentile(latencies, 99))}
 
 
+def inputs_per_call(port: int, modality: str) -> float:
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    sample = {line.split()[0]: float(line.split()[-1]) for line in metrics.splitlines()
+              if line.startswith("safeclip_batch_size_")}
+    count = sample.get(f'safeclip_batch_size_count{{modality="{modality}"}}', 0)
+    return sample.get(f'safeclip_batch_size_sum{{modality="{modality}"}}', 0) / count if count else float("nan")
+
+
+def ratio_to(measured: list[dict], baseline: list[dict]) -> float:
+    """The median over repeats of requests/s over the baseline's in the same repeat."""
+    return statistics.median(m["requests_per_s"] / b["requests_per_s"] for m, b in zip(measured, baseline))
+
+
 def in_process(model: Path, backend: str, modality: str, items: list[str], min_seconds: float) -> dict[str, float]:
     from safeclip_sdk.runtime.encoder import Encoder
 
@@ -161,8 +182,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256, help="Requests per measurement.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=1.0, help="Least time per in-process measurement.")
+    parser.add_argument("--workers", type=int, default=None, help="Also a server of this many uvicorn processes.")
+    parser.add_argument("--ray", type=int, default=None, metavar="REPLICAS",
+                        help="Also a Ray Serve server with this many replicas (a local Ray).")
     parser.add_argument("--json", dest="json_path", help="Write every raw number here.")
     args = parser.parse_args()
+    servers = dict(SERVERS)
+    if args.workers:
+        servers[f"{args.workers} uvicorn workers"] = ["--workers", str(args.workers)]
+    if args.ray:
+        servers[f"Ray Serve, {args.ray} replicas"] = ["--ray", "--replicas", str(args.ray)]
     machine = machine_info()
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
@@ -170,38 +199,44 @@ def main() -> None:
         data = {modality: inputs(modality, 64) for modality in args.modalities}
         baseline = {modality: [in_process(model, args.backend, modality, data[modality], args.min_seconds)
                                for _ in range(args.repeats)] for modality in args.modalities}
-        ports = {name: free_port() for name in SERVERS}
-        servers = {name: start_server(model, args.backend, ports[name], options) for name, options in SERVERS.items()}
+        ports = {name: free_port() for name in servers}
+        processes = {name: start_server(model, args.backend, ports[name], options)
+                     for name, options in servers.items()}
         runs: dict[tuple, list[dict[str, float]]] = {}
         try:
             for _ in range(args.repeats):
                 for modality in args.modalities:
                     for concurrency in args.concurrency:
-                        for name in SERVERS:
+                        for name in servers:
                             port = ports[name]
                             asyncio.run(load(port, modality, data[modality], concurrency, min(32, args.requests)))
                             measured = asyncio.run(load(port, modality, data[modality], concurrency, args.requests))
                             runs.setdefault((modality, concurrency, name), []).append(measured)
+            per_call = {(modality, name): inputs_per_call(ports[name], modality)
+                        for modality in args.modalities for name in servers}
         finally:
-            for server in servers.values():
-                server.terminate()
-                server.wait(30)
+            for process in processes.values():
+                process.terminate()
+                process.wait(60)
 
     print(describe_machine(machine))
     print(f"\nsafeclip serve, safeclip-tiny (random weights), {args.backend} on the CPU, {args.requests} requests "
           f"of one input per measurement, median of {args.repeats} runs\n")
     rows = []
+    bases = [UNBATCHED, DEFAULT] if len(servers) > len(SERVERS) else [UNBATCHED]
     for modality in args.modalities:
         for concurrency in args.concurrency:
-            unbatched = runs[(modality, concurrency, UNBATCHED)]
-            for name in SERVERS:
+            for name in servers:
                 measured = runs[(modality, concurrency, name)]
-                ratio = statistics.median(m["requests_per_s"] / u["requests_per_s"] for m, u in zip(measured, unbatched))
+                ratios = [f"{ratio_to(measured, runs[(modality, concurrency, base)]):.2f}x" for base in bases]
                 rows.append([modality, concurrency, name,
                              f"{summarize([m['requests_per_s'] for m in measured])['median']:.0f}",
                              f"{summarize([m['p50_ms'] for m in measured])['median']:.1f}",
-                             f"{summarize([m['p99_ms'] for m in measured])['median']:.1f}", f"{ratio:.2f}x"])
-    print(markdown_table(["inputs", "concurrency", "server", "requests/s", "p50 ms", "p99 ms", "vs unbatched"], rows))
+                             f"{summarize([m['p99_ms'] for m in measured])['median']:.1f}", *ratios,
+                             f"{per_call[(modality, name)]:.1f}"])
+    print(markdown_table(["inputs", "concurrency", "server", "requests/s", "p50 ms", "p99 ms",
+                          *[f"vs {'unbatched' if base == UNBATCHED else 'default'}" for base in bases],
+                          "inputs per call"], rows))
     print("\nin-process Encoder, same backend (items/s, median):\n")
     print(markdown_table(["inputs", "batch 32", "batch 1"],
                          [[modality, f"{summarize([b['batch_32'] for b in baseline[modality]])['median']:.0f}",
@@ -209,6 +244,8 @@ def main() -> None:
                           for modality in args.modalities]))
     if args.json_path:
         write_json(args.json_path, {"machine": machine, "args": vars(args), "baseline": baseline,
+                                    "inputs_per_call": [{"modality": m, "server": s, "value": v}
+                                                        for (m, s), v in per_call.items()],
                                     "runs": [{"modality": m, "concurrency": c, "server": s, "measurements": v}
                                              for (m, c, s), v in runs.items()]})
 

@@ -96,10 +96,8 @@ def warn_if_reachable(host: str) -> None:
 
 
 def _settings_fields(settings: ServeSettings) -> dict:
-    fields = dataclasses.asdict(settings)
-    if fields["image_root"] is not None:
-        fields["image_root"] = os.fspath(fields["image_root"])
-    return fields
+    return {name: os.fspath(value) if isinstance(value, os.PathLike) else value
+            for name, value in dataclasses.asdict(settings).items()}
 
 
 def _close(app) -> None:
