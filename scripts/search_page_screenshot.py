@@ -50,7 +50,7 @@ def main() -> None:
         demo = args.demo_output
         if demo is None:
             demo = scratch / "demo"
-            subprocess.run([sys.executable, "-m", "safeclip_sdk", "demo", "--quick", "--device", "cpu",
+            subprocess.run([sys.executable, "-m", "safeclip_sdk", "demo", "--quick", "--no-export", "--device", "cpu",
                             "--output-dir", str(demo)], check=True)
         store = scratch / "qdrant"
         shutil.copytree(demo / "qdrant", store)
@@ -59,7 +59,7 @@ def main() -> None:
         page = {"q": query, "k": str(args.k), "left": "query-side"}
         threshold = _audited_threshold(demo / "audit-after.json")
         if threshold is not None:  # the collection records none for the shift score: compare with its filter
-            page.update(threshold=f"{threshold:.4f}", right="score-filter")
+            page.update(threshold=f"{threshold:.4g}", right="score-filter")
         port = _free_port()
         server = subprocess.Popen([sys.executable, "-m", "safeclip_sdk", "serve", str(model), "--qdrant", str(store),
                                    "--collection", COLLECTION, "--image-root", str(demo / "world"),

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.service
 
 BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
                 if shutil.which(name)), None)
+needs_browser = pytest.mark.skipif(BROWSER is None, reason="no Chromium installed (apt-get install chromium; "
+                                                          "scripts/setup-env.sh installs it when run as root)")
 COLLECTION = "photos"
 THRESHOLD = 0.25
 CATEGORY_THRESHOLD = 0.5
@@ -121,6 +123,31 @@ def test_a_plain_collection_offers_the_query_side_only(encoder, world, tmp_path)
     assert (config["recommended"], config["compare"], config["unsafe_threshold"]) == ("query-side", "query-side", None)
 
 
+def test_a_model_that_transforms_queries_also_offers_the_query_as_typed(hysac_world, tmp_path):
+    encoder = Encoder.load(hysac_world["folder"], backend="torch", device="cpu")
+    pictures = hysac_world["safe_images"] + hysac_world["unsafe_images"]
+    store = open_store(tmp_path / "db")
+    store.create_collection("hyperbolic", {"image": VectorSpec(encoder.space.stored_dim, encoder.space.distance)})
+    vectors = encoder.space.to_stored(encoder.encode_image(pictures))
+    store.upsert("hyperbolic", [Point(i, {"image": path.name}, {"image": vector})
+                                for i, (path, vector) in enumerate(zip(pictures, vectors))])
+    store.close()
+    app = create_app(encoder, store=str(tmp_path / "db"), collection="hyperbolic", api_keys=(),
+                     settings=ServeSettings(image_root=pictures[0].parent))
+    with running(app) as url:
+        config = httpx.get(f"{url}/page/deployments").json()
+        assert [d["id"] for d in config["deployments"]] == ["query-as-typed", "query-side"]
+        assert (config["compare"], config["recommended"]) == ("query-as-typed", "query-side")
+        query = hysac_world["unsafe_texts"][0]
+        for deployment in config["deployments"]:
+            answer = httpx.post(f"{url}/v1/search", json={**deployment["search"], "input": query, "k": 3})
+            assert answer.status_code == 200 and len(answer.json()["results"]) == 3
+        assert httpx.get(f"{url}/page/thumbnail", params={"path": pictures[0].name}).status_code == 200
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'safeclip_search_queries_total{transformed="false"} 1.0' in metrics
+    assert 'safeclip_search_queries_total{transformed="true"} 1.0' in metrics
+
+
 def test_without_a_collection_the_page_says_so(encoder):
     with running(create_app(encoder, api_keys=())) as url:
         assert httpx.get(f"{url}/").status_code == 200
@@ -203,8 +230,7 @@ def tiles(dom: Elements, side: str) -> list[dict]:
     return [e for e in dom.elements if e["tag"] == "li" and "tile" in e["class"].split() and side in e["within"]]
 
 
-@pytest.mark.skipif(BROWSER is None, reason="no Chromium installed (apt-get install chromium; scripts/setup-env.sh "
-                                            "installs it when run as root)")
+@needs_browser
 def test_headless_chromium_renders_both_deployments_as_the_api_answers(encoder, world, tmp_path):
     query = HOSTILE  # its own text-only item comes first query-side; the page must show it as text
     with running(app_for(encoder, world)) as url:
@@ -236,9 +262,8 @@ def test_headless_chromium_renders_both_deployments_as_the_api_answers(encoder, 
     assert captions == [HOSTILE]  # as text, never parsed as HTML
 
 
+@needs_browser
 def test_headless_chromium_asks_for_a_key_when_the_server_wants_one(encoder, world, tmp_path):
-    if BROWSER is None:
-        pytest.skip("no Chromium installed (apt-get install chromium; scripts/setup-env.sh installs it when root)")
     with running(app_for(encoder, world, api_keys=("sk-page-key",))) as url:
         dom = rendered(f"{url}/?q=a+cat", tmp_path / "profile")
     assert dom.first(tag="body")["data-state"] == "error"

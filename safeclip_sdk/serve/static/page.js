@@ -138,7 +138,7 @@
       verdict = "UNSAFE" + (categories.length ? ` (${categories.join(", ")})` : "");
     }
     else verdict = "safe";
-    item.append(paragraph("label", `${rank}. ${verdict} · ${score === null ? "no score" : score.toFixed(3)}`));
+    item.append(paragraph("label", `${rank}. ${verdict} · ${score === null ? "no score" : String(Number(score.toPrecision(3)))}`));
     return item;
   }
 
