@@ -38,6 +38,18 @@ from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 @click.option("--max-image-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default=True)
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Image inputs may also be paths under this folder (never outside it). Default: data URLs only.")
+@click.option("--allow-image-urls", is_flag=True,
+              help="Image inputs may also be http(s) URLs the server fetches (off: the server could be pointed "
+                   "at hosts only it can reach; prefer --image-url-host).")
+@click.option("--image-url-host", "image_url_hosts", multiple=True,
+              help="With --allow-image-urls: a host the server fetches from (repeat it; default: any host).")
+@click.option("--max-image-bytes", type=click.IntRange(min=1), default=20 * 2**20, show_default=True,
+              help="Largest image fetched from a URL.")
+@click.option("--image-url-timeout", type=click.FloatRange(min=0.001), default=5.0, show_default=True,
+              help="Seconds a URL fetch may take in all.")
+@click.option("--base-model", default=None,
+              help="The model the collection's original vectors were embedded with, for /v1/search mode 'base' and "
+                   "the search page's base column. Default: the base MODEL's folder records.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="uvicorn processes on this machine, each loading its own model (a store must then be a server "
                    "or PostgreSQL: a local Qdrant folder is opened by one process only).")
@@ -62,7 +74,8 @@ from safeclip_sdk.cli.stores import pgvector_option, qdrant_option, store_target
 def command(model: str, qdrant: str | None, pgvector: str | None, collection: str | None, host: str, port: int,
             backend: str, device: str, num_threads: int | None, model_name: str | None, max_batch_size: int, max_wait_ms: float,
             max_queue: int, request_timeout: float, max_body_bytes: int, max_inputs: int, max_text_chars: int,
-            max_image_pixels: int, image_root: Path | None, workers: int, use_ray: bool, replicas: int,
+            max_image_pixels: int, image_root: Path | None, allow_image_urls: bool, image_url_hosts: tuple[str, ...],
+            max_image_bytes: int, image_url_timeout: float, base_model: str | None, workers: int, use_ray: bool, replicas: int,
             min_replicas: int | None, max_replicas: int | None, target_ongoing_requests: float | None,
             gpus_per_replica: float, cpus_per_replica: float, ray_address: str | None, log_level: str) -> None:
     """Serve MODEL (a model folder or an ONNX export) over HTTP: OpenAI-shaped /v1/embeddings and
@@ -79,10 +92,12 @@ def command(model: str, qdrant: str | None, pgvector: str | None, collection: st
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              request_timeout_s=request_timeout, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
                              max_text_chars=max_text_chars, max_image_pixels=max_image_pixels, image_root=image_root,
+                             image_urls=allow_image_urls, image_url_hosts=image_url_hosts,
+                             max_image_bytes=max_image_bytes, image_url_timeout_s=image_url_timeout,
                              model_name=model_name)
     if not use_ray:
         serve(model, store=store, collection=collection, host=host, port=port, settings=settings, backend=backend,
-              device=device, num_threads=num_threads, log_level=log_level, workers=workers)
+              device=device, num_threads=num_threads, log_level=log_level, workers=workers, base_model=base_model)
         return
     from safeclip_sdk.serve.ray_serve import TARGET_ONGOING_REQUESTS, serve_ray
 
@@ -90,7 +105,7 @@ def command(model: str, qdrant: str | None, pgvector: str | None, collection: st
               min_replicas=min_replicas, max_replicas=max_replicas,
               target_ongoing_requests=target_ongoing_requests or TARGET_ONGOING_REQUESTS,
               gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica, ray_address=ray_address,
-              host=host, port=port, backend=backend, device=device, num_threads=num_threads)
+              host=host, port=port, backend=backend, device=device, num_threads=num_threads, base_model=base_model)
 
 
 RAY_ONLY = ("replicas", "min_replicas", "max_replicas", "target_ongoing_requests", "gpus_per_replica",

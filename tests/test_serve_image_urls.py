@@ -137,3 +137,14 @@ def test_url_settings_are_checked_when_the_server_starts():
         ServeSettings(image_url_hosts=("example.com",))
     with pytest.raises(SafeclipError, match="image_url_timeout_s must be positive"):
         ServeSettings(image_urls=True, image_url_timeout_s=0)
+
+
+def test_the_command_refuses_url_hosts_without_urls_in_one_line(tiny_model_dir):
+    from click.testing import CliRunner
+
+    from safeclip_sdk.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["serve", str(tiny_model_dir), "--image-url-host", "images.example.com"])
+    assert result.exit_code != 0
+    assert "--image-url-host needs --allow-image-urls" in result.output
+    assert "Traceback" not in result.output

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -183,3 +184,32 @@ def test_searches_waiting_are_bounded_and_every_answer_is_right(tmp_path, tiny_m
         else:
             assert response.headers["retry-after"] == "2"
     assert _sample(metrics, 'safeclip_rejected_total{modality="search"}') == statuses.count(429)
+
+
+def test_base_mode_searches_the_original_vectors_with_the_recorded_base(tmp_path, tiny_model_dir, untrained_model_dir):
+    base = Encoder.load(tiny_model_dir, backend="torch", device="cpu")
+    original = base.space.to_stored(base.encode_text(TEXTS))
+    store = open_store(tmp_path / "db")
+    _side_by_side(store, "photos", original, untrained_model_dir, base)
+    store.close()
+    query = base.space.to_stored(base.encode_text([TEXTS[3]]))[0]
+    cosine = original @ query / (np.linalg.norm(original, axis=1) * np.linalg.norm(query))
+    expected = [int(i) for i in np.argsort(-cosine)[:4]]
+
+    app = create_app(untrained_model_dir, store=str(tmp_path / "db"), collection="photos", backend="torch",
+                     device="cpu", settings=ServeSettings(), api_keys=())
+    with running(app) as url, httpx.Client(base_url=url) as client:
+        served = client.post("/v1/search", json={"input": TEXTS[3], "k": 4, "mode": "base"}).json()
+        assert served["mode"] == "base" and served["vector"] == "image"
+        assert [r["id"] for r in served["results"]] == expected
+        safe = client.post("/v1/search", json={"input": TEXTS[3], "k": 4, "mode": "query-side"}).json()
+        assert [r["id"] for r in safe["results"]] != expected  # the safe model's query is another vector
+        deployments = client.get("/page/deployments").json()
+        assert deployments["deployments"][0]["search"] == {"mode": "base"} and deployments["compare"] == "base"
+
+    without_base = create_app(Encoder.load(untrained_model_dir, backend="torch", device="cpu"),
+                              store=str(tmp_path / "db"), collection="photos", settings=ServeSettings(), api_keys=())
+    with running(without_base) as url:
+        answer = httpx.post(f"{url}/v1/search", json={"input": TEXTS[3], "mode": "base"})
+        assert answer.status_code == 400 and "--base-model" in answer.json()["error"]["message"]
+        assert "base" not in [d["id"] for d in httpx.get(f"{url}/page/deployments").json()["deployments"]]

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import uuid
 from contextlib import asynccontextmanager
@@ -20,6 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import SafeclipError
+from ..index.audit import recorded_base_model
+from ..index.contract import BASE
 from ..runtime.encoder import Encoder, ImageFailure
 from .auth import BearerKeyCheck, api_keys_from_environment
 from .errors import ApiError, install_error_handlers
@@ -30,10 +33,13 @@ from .schemas import IMAGE, TEXT, EmbeddingRequest, ModerationRequest, SearchReq
 from .service import ModelService
 from .settings import ServeSettings
 
+logger = logging.getLogger(__name__)
+
 
 def create_app(model: str | os.PathLike | Encoder, *, store=None, collection: str | None = None,
                settings: ServeSettings | None = None, backend: str = "auto", device: str = "auto",
-               num_threads: int | None = None, api_keys: tuple[str, ...] | None = None) -> FastAPI:
+               num_threads: int | None = None, api_keys: tuple[str, ...] | None = None,
+               base_model: str | os.PathLike | Encoder | None = None) -> FastAPI:
     """The service for ``model`` (a model folder, an ONNX export or a loaded Encoder).
 
     Args:
@@ -43,6 +49,9 @@ def create_app(model: str | os.PathLike | Encoder, *, store=None, collection: st
         backend, device, num_threads: as for ``Encoder.load`` (``num_threads``: onnxruntime's
             intra-op threads; fewer than the cores leaves CPU to the HTTP side on a small machine).
         api_keys: the accepted bearer tokens; default: ``SAFECLIP_API_KEYS`` (none: no key asked).
+        base_model: the model the collection's original vectors were embedded with, for ``/v1/search``
+            in mode ``base`` (what the collection answered before safeclip) and the page's base
+            column; default: the base a model folder records, when it can be loaded.
     """
     settings = settings or ServeSettings()
     if (store is None) != (collection is None):
@@ -54,7 +63,8 @@ def create_app(model: str | os.PathLike | Encoder, *, store=None, collection: st
                                num_threads=num_threads, max_pixels=settings.max_image_pixels)
     model_name = settings.model_name or Path(encoder.source or "safeclip").name
     metrics = ServeMetrics()
-    service = ModelService(encoder, settings, metrics, store=store, collection=collection)
+    base_encoder = _base_encoder(model, base_model, backend, device, num_threads) if store is not None else None
+    service = ModelService(encoder, settings, metrics, store=store, collection=collection, base_encoder=base_encoder)
     key_check = BearerKeyCheck(api_keys if api_keys is not None else api_keys_from_environment())
 
     @asynccontextmanager
@@ -152,7 +162,8 @@ def create_app(model: str | os.PathLike | Encoder, *, store=None, collection: st
             exclude_categories=request.exclude_categories, traversal=request.traversal)
         metrics.searches.labels(str(searcher.traversal).lower()).inc()
         category_field = searcher.index.category_field if searcher.index else None
-        return {"collection": results.collection, "mode": results.mode, "vector": results.vector,
+        mode = BASE if request.mode == BASE else results.mode
+        return {"collection": results.collection, "mode": mode, "vector": results.vector,
                 "results": [{**result.to_dict(),
                              "unsafe_score": result.payload.get(searcher.score_field) if searcher.score_field else None,
                              "category_scores": result.payload.get(category_field) if category_field else None}
@@ -162,6 +173,23 @@ def create_app(model: str | os.PathLike | Encoder, *, store=None, collection: st
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.routes)
     return app
+
+
+def _base_encoder(model, base_model, backend: str, device: str, num_threads: int | None) -> Encoder | None:
+    """The given base model loaded, or the one ``model``'s folder records (None when it records
+    none or it cannot be loaded here: mode ``base`` then answers 400 saying so)."""
+    if isinstance(base_model, Encoder):
+        return base_model
+    if base_model is not None:
+        return Encoder.load(base_model, backend=backend, device=device, num_threads=num_threads)
+    recorded = None if isinstance(model, Encoder) else recorded_base_model(model)
+    if recorded is None:
+        return None
+    try:
+        return Encoder.load(recorded, backend="torch", device=device, num_threads=num_threads)
+    except SafeclipError as error:
+        logger.warning("mode 'base' is off: the base model the folder records cannot be loaded (%s)", error)
+        return None
 
 
 def _encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:

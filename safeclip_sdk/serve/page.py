@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..data.images import load_image
 from ..errors import ImageError
-from ..index.contract import QUERY_SIDE, SAFE
+from ..index.contract import BASE, QUERY_SIDE, SAFE
 from ..index.search import SafeSearch, SearchError
 from .errors import ApiError
 from .service import ModelService
@@ -92,6 +92,8 @@ def _deployments(service: ModelService) -> dict[str, Any]:
     index = default.index
     threshold = index.threshold if index else None
     found: list[dict[str, Any]] = []  # least protected first: the page compares the first with the recommended
+    if service.base_encoder is not None and isinstance(searchers[QUERY_SIDE], SafeSearch):
+        found.append({"id": BASE, "title": "base model (the collection before safeclip)", "search": {"mode": BASE}})
     if isinstance(searchers[QUERY_SIDE], SafeSearch):
         if searchers[QUERY_SIDE].traversal:
             found.append({"id": QUERY_AS_TYPED, "title": "query-side, query as typed (no traversal)",

@@ -52,7 +52,8 @@ def deploy_ray(model: str | os.PathLike, *, store=None, collection: str | None =
                max_replicas: int | None = None, target_ongoing_requests: float = TARGET_ONGOING_REQUESTS,
                gpus_per_replica: float = 0, cpus_per_replica: float = 1, ray_address: str | None = None,
                host: str = LOOPBACK, port: int = 8000, backend: str = "auto", device: str = "auto",
-               num_threads: int | None = None, name: str = APP_NAME) -> str:
+               num_threads: int | None = None, base_model: str | os.PathLike | None = None,
+               name: str = APP_NAME) -> str:
     """Deploy ``model`` on Ray Serve, wait until its replicas answer, and return the base URL.
 
     The deployment keeps running after this returns; :func:`serve_ray` blocks and removes it on
@@ -73,7 +74,7 @@ def deploy_ray(model: str | os.PathLike, *, store=None, collection: str | None =
             have them for the replicas started first, or this fails at once with one line.
         ray_address: the Ray cluster to join (default: ``RAY_ADDRESS``, or a local Ray started here).
         host, port: where Serve's HTTP proxy listens (loopback unless told otherwise).
-        settings, backend, device, num_threads: as for :func:`~safeclip_sdk.serve.app.create_app`,
+        settings, backend, device, num_threads, base_model: as for :func:`~safeclip_sdk.serve.app.create_app`,
             in every replica. API keys come from this process's ``SAFECLIP_API_KEYS``.
     """
     settings = settings or ServeSettings()
@@ -98,7 +99,8 @@ def deploy_ray(model: str | os.PathLike, *, store=None, collection: str | None =
 
     arguments = {"model": _here_if_local(model), "store": None if store is None else _here_if_local(store),
                  "collection": collection, "settings": settings, "backend": backend, "device": device,
-                 "num_threads": num_threads, "api_keys": api_keys_from_environment()}
+                 "num_threads": num_threads, "api_keys": api_keys_from_environment(),
+                 "base_model": None if base_model is None else _here_if_local(base_model)}
     options = {"ray_actor_options": {"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
                # the app's own bounded queue answers 429; Serve's per-replica cap must not queue before it
                "max_ongoing_requests": max(settings.max_queue, int(target_ongoing_requests) + 1),

@@ -25,7 +25,8 @@ WORKER_ARGUMENTS_ENV = "SAFECLIP_SERVE_WORKER_ARGUMENTS"
 
 def serve(model: str | os.PathLike, *, store=None, collection: str | None = None, host: str = LOOPBACK,
           port: int = 8000, settings: ServeSettings | None = None, backend: str = "auto", device: str = "auto",
-          num_threads: int | None = None, log_level: str = "info", workers: int = 1) -> None:
+          num_threads: int | None = None, log_level: str = "info", workers: int = 1,
+          base_model: str | os.PathLike | None = None) -> None:
     """Load ``model`` (and open ``store``'s ``collection``) and answer HTTP requests until stopped.
 
     ``workers`` above 1 starts that many uvicorn processes on the one port, each loading its own
@@ -42,14 +43,15 @@ def serve(model: str | os.PathLike, *, store=None, collection: str | None = None
         raise SafeclipError(f"workers must be at least 1, got {workers}")
     if workers == 1:
         app = create_app(model, store=store, collection=collection, settings=settings, backend=backend, device=device,
-                         num_threads=num_threads)
+                         num_threads=num_threads, base_model=base_model)
         warn_if_reachable(host)
         uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
         return
     check_store_for_processes(store, workers, "workers")
     arguments = {"model": os.fspath(model), "store": None if store is None else os.fspath(store),
                  "collection": collection, "settings": _settings_fields(settings or ServeSettings()),
-                 "backend": backend, "device": device, "num_threads": num_threads}
+                 "backend": backend, "device": device, "num_threads": num_threads,
+                 "base_model": None if base_model is None else os.fspath(base_model)}
     _close(app_from_arguments(arguments))
     warn_if_reachable(host)
     os.environ[WORKER_ARGUMENTS_ENV] = json.dumps(arguments)
@@ -72,7 +74,7 @@ def app_from_environment():
 def app_from_arguments(arguments: dict):
     return create_app(arguments["model"], store=arguments["store"], collection=arguments["collection"],
                       settings=ServeSettings(**arguments["settings"]), backend=arguments["backend"], device=arguments["device"],
-                      num_threads=arguments["num_threads"])
+                      num_threads=arguments["num_threads"], base_model=arguments["base_model"])
 
 
 def check_store_for_processes(store, processes: int, option: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageError, SafeclipError
+from ..index.contract import BASE, QUERY_SIDE
 from ..index.search import SafeSearch, physical_collection
 from ..integrations import open_store
 from ..runtime.classify import moderate
@@ -31,8 +32,9 @@ class ModelService:
     """One loaded model (and optionally one collection) served to concurrent requests."""
 
     def __init__(self, encoder: Encoder, settings: ServeSettings, metrics: ServeMetrics, *,
-                 store=None, collection: str | None = None):
+                 store=None, collection: str | None = None, base_encoder: Encoder | None = None):
         self.encoder = encoder
+        self.base_encoder = base_encoder
         self.settings = settings
         self.metrics = metrics
         self.collection = collection
@@ -148,8 +150,15 @@ class ModelService:
     def _searcher(self, mode: str | None, vector: str | None, traversal: bool) -> SafeSearch:
         key = (mode, vector, traversal)
         if key not in self._searchers:
-            self._searchers[key] = SafeSearch(self.store, self.collection, self.encoder, mode=mode, vector=vector,
-                                              traversal=traversal)
+            if mode == BASE:  # the collection as it answered before: the base model's query, original vectors
+                if self.base_encoder is None:
+                    raise SafeclipError(f"mode '{BASE}' needs the model the original vectors were embedded with: "
+                                        f"start the server with --base-model")
+                self._searchers[key] = SafeSearch(self.store, self.collection, self.base_encoder, mode=QUERY_SIDE,
+                                                  vector=vector, traversal=False)
+            else:
+                self._searchers[key] = SafeSearch(self.store, self.collection, self.encoder, mode=mode,
+                                                  vector=vector, traversal=traversal)
         return self._searchers[key]
 
     async def _on_inference_thread(self, call):

@@ -62,7 +62,7 @@ class ServeSettings:
             if getattr(self, name) <= 0:
                 raise SafeclipError(f"{name} must be positive, got {getattr(self, name)}")
         if self.image_url_hosts and not self.image_urls:
-            raise SafeclipError("image_url_hosts is set but image_urls is off: turn image URLs on or drop the hosts")
+            raise SafeclipError("image_url_hosts is set but image_urls is off (--image-url-host needs --allow-image-urls)")
         object.__setattr__(self, "image_url_hosts", tuple(host.strip().lower() for host in self.image_url_hosts))
         if self.image_root is not None:
             root = Path(self.image_root).expanduser().resolve()
