@@ -34,8 +34,15 @@ here. Format version 1::
                    "text_encoder": {...}, "precision": "fp16", "source_variant": "fp32",
                    "batch": {"min": 1, "opt": 32, "max": 256}, "tensorrt_version": "10.x",
                    "device": "NVIDIA H100 80GB HBM3"},      # optional
-      "category_classifier": {...}       # optional: the model folder's per-category classifier as
+      "category_classifier": {...},      # optional: the model folder's per-category classifier as
                                          # small graphs and its settings (see category_onnx.py)
+      "openvino": {"openvino_version": "2026.4.1",                  # optional (see openvino.py)
+                   "variants": {"fp32": {"image_encoder": {"file": "image_encoder.xml", "sha256": "...",
+                                                           "weights": {"file": "image_encoder.bin", "sha256": "..."}},
+                                         "text_encoder": {...}, "parity": {...}},
+                                "int8": {..., "retrieval": {...}, "calibration": {...}}}},
+      "speed": {"cpu": "AMD EPYC", "threads": 2, "batch": 32, "measured_at": "2026-12-03T20:00:00Z",   # optional
+                "items_per_s": {"onnx/fp32": {"image": 17.9, "text": 24.1}, "openvino/int8": {...}, ...}}
     }
 
 Both encoders output embeddings in ``embedding_space`` (see ``safeclip_sdk.model.spaces``): L2-normalised
@@ -46,7 +53,9 @@ for the model folder. A variant's optional ``session_options`` are
 onnxruntime ``SessionOptions`` its sessions need (the fp16 graphs crash onnxruntime's CPU layout
 optimizer, level ``ORT_ENABLE_ALL``; ``ORT_ENABLE_EXTENDED`` runs them correctly). ``parity``
 entries that could not be measured on the exporting host read ``{"checked": false, "reason": ...}``.
-``int8`` has ``retrieval`` only when the export was given evaluation data.
+``int8`` has ``retrieval`` only when the export was given evaluation data. ``speed`` holds the
+images/s and texts/s of every variant of the folder measured in one run on the exporting machine
+(``runtime/precision`` keys); ``Encoder.load(backend="auto")`` picks the fastest of them.
 
 Loading checks every field a runtime reads (types, ranges, choices) and names the key that is
 wrong (``manifest.json: 'image.mean' must be ...``). File entries are names inside the export
@@ -74,7 +83,8 @@ FORMAT_VERSION = 1
 ENCODERS = ("image_encoder", "text_encoder")
 # the manifest's own keys; any other top-level key belongs to the model's method
 FIELDS = ("format", "format_version", "safeclip_version", "source_model", "method", "weights_sha256", "opset",
-          "embed_dim", "embedding_space", "image", "text", "variants", "tensorrt", "category_classifier")
+          "embed_dim", "embedding_space", "image", "text", "variants", "tensorrt", "category_classifier",
+          "openvino", "speed")
 
 
 @dataclass
@@ -94,6 +104,8 @@ class Manifest:
     embedding_space: dict[str, Any] | None = None
     method_metadata: dict[str, Any] = field(default_factory=dict)  # the method's own top-level keys
     category_classifier: dict[str, Any] | None = None
+    openvino: dict[str, Any] | None = None
+    speed: dict[str, Any] | None = None
 
     def inference(self, where: str | os.PathLike = MANIFEST_NAME) -> Inference:
         """What the model's method does with these encoders: space, classifier, query transformation."""
@@ -112,9 +124,12 @@ class Manifest:
         return [entry["file"] for entry in self.file_entries()]
 
     def file_entries(self) -> list[dict[str, str]]:
-        """Every ``{"file", "sha256"}`` entry: the encoders of each variant and engine, the classifier's files."""
+        """Every ``{"file", "sha256"}`` entry: the encoders of each variant and engine (OpenVINO's with their
+        weights), the classifier's files."""
         sections = list(self.variants.values()) + ([self.tensorrt] if self.tensorrt else [])
         entries = [section[encoder] for section in sections for encoder in ENCODERS]
+        for section in (self.openvino or {}).get("variants", {}).values():
+            entries += [entry for encoder in ENCODERS for entry in (section[encoder], section[encoder]["weights"])]
         if self.category_classifier:
             entries += [self.category_classifier["settings"], *self.category_classifier["heads"].values()]
         return entries
@@ -139,6 +154,10 @@ class Manifest:
             data["tensorrt"] = self.tensorrt
         if self.category_classifier:
             data["category_classifier"] = self.category_classifier
+        if self.openvino:
+            data["openvino"] = self.openvino
+        if self.speed:
+            data["speed"] = self.speed
         return data
 
     @classmethod
@@ -164,6 +183,8 @@ class Manifest:
             embedding_space=data.get("embedding_space"),
             method_metadata={key: value for key, value in data.items() if key not in FIELDS},
             category_classifier=data.get("category_classifier"),
+            openvino=data.get("openvino"),
+            speed=data.get("speed"),
         )
 
     def save(self, out_dir: str | os.PathLike) -> Path:
@@ -286,6 +307,12 @@ def _validate(data: dict[str, Any], where: str) -> None:
         if section != "tensorrt":
             check(f"{section}.session_options", lambda v: _is_dict(v) and all(map(_is_text, v.values())),
                   "an object of onnxruntime option names and values", optional=True)
+    _validate_openvino(data, check, where)
+    check("speed", _is_dict, "an object", optional=True)
+    check("speed.items_per_s", lambda v: _is_dict(v) and all(
+        _is_dict(rates) and all(isinstance(rate, (int, float)) and rate > 0 for rate in rates.values())
+        for rates in v.values()), 'an object {"runtime/precision": {"image": items/s, "text": items/s}}',
+        optional=True)
     if not _has(data, "category_classifier"):
         return
     check("category_classifier", _is_dict, "an object")
@@ -299,6 +326,21 @@ def _validate(data: dict[str, Any], where: str) -> None:
         check(f"{key}.file", _is_text, "a file name inside the export folder")
         _check_file_name(_lookup(data, f"{key}.file"), f"{where}: '{key}.file'")
         check(f"{key}.sha256", lambda v: isinstance(v, str) and _SHA256.fullmatch(v), "a sha256 hex digest")
+
+
+def _validate_openvino(data: dict[str, Any], check, where: str) -> None:
+    if not _has(data, "openvino"):
+        return
+    check("openvino", _is_dict, "an object")
+    check("openvino.variants", _is_dict, "an object of variants (fp32, int8)")
+    for name in data["openvino"]["variants"]:
+        check(f"openvino.variants.{name}", _is_dict, "an object")
+        for encoder in ENCODERS:
+            for key in (f"openvino.variants.{name}.{encoder}", f"openvino.variants.{name}.{encoder}.weights"):
+                check(key, _is_dict, 'an object {"file", "sha256"}')
+                check(f"{key}.file", _is_text, "a file name inside the export folder")
+                _check_file_name(_lookup(data, f"{key}.file"), f"{where}: '{key}.file'")
+                check(f"{key}.sha256", lambda v: isinstance(v, str) and _SHA256.fullmatch(v), "a sha256 hex digest")
 
 
 def _check_file_name(name: str, where: str) -> None:

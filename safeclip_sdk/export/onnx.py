@@ -141,6 +141,8 @@ class ParityInputs:
 # A variant's encoders are written by build(tower, path) and may get extra_check(paths) -> manifest fields.
 Builder = Callable[[Tower, Path], None]
 ExtraCheck = Callable[[dict[Tower, Path]], dict[str, Any]]
+# A tower's encoder in some runtime, as a function: inputs [B, ...] -> embeddings [B, D]
+Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def export_onnx(model: str | os.PathLike | LoadedModel, out_dir: str | os.PathLike, *, fp16: bool = False,
@@ -174,7 +176,7 @@ def export_onnx(model: str | os.PathLike | LoadedModel, out_dir: str | os.PathLi
     if parity_batch < 1:
         raise ExportError(f"parity_batch must be at least 1, got {parity_batch}")
     # every input is checked before the first write
-    eval_items = _eval_items(eval_data, image_root) if int8 and eval_data is not None else None
+    eval_items = eval_items(eval_data, image_root) if int8 and eval_data is not None else None
     loaded = model if isinstance(model, LoadedModel) else load_checked_model(str(model))
     source = loaded.source if isinstance(model, LoadedModel) else str(model)
     out = Path(out_dir)
@@ -187,6 +189,7 @@ def export_onnx(model: str | os.PathLike | LoadedModel, out_dir: str | os.PathLi
         manifest, previous = _describe(loaded, source, weights, parity), _previous_manifest(out)
         if previous is not None and _same_export(previous, weights, opset):
             manifest.variants, manifest.tensorrt, manifest.opset = previous.variants, previous.tensorrt, previous.opset
+            manifest.openvino, manifest.speed = previous.openvino, previous.speed
             logger.info("%s already holds an export of these weights (%s); adding to it", out,
                         ", ".join(manifest.variants))
             manifest.category_classifier = export_category_classifier(loaded, out)  # it may have been refitted
@@ -240,7 +243,7 @@ def _add_variants(out: Path, manifest: Manifest, loaded: LoadedModel, parity: Pa
     return out / MANIFEST_NAME
 
 
-def _eval_items(eval_data: str | os.PathLike, image_root: str | os.PathLike | None) -> list[Quadruplet]:
+def eval_items(eval_data: str | os.PathLike, image_root: str | os.PathLike | None) -> list[Quadruplet]:
     """The int8 retrieval check's quadruplets, read (and so validated) before anything is written."""
     from ..data import load_dataset
 
@@ -293,13 +296,18 @@ def parity_inputs(loaded: LoadedModel, network: nn.Module, batch_size: int, seed
     captions = [[" ".join(words.choices(_CAPTION_WORDS, k=words.randint(2, 12))) for _ in range(size)]
                 for size in sizes]
     tokens = [loaded.tokenizer(batch).long() for batch in captions]
+    return parity_of({IMAGE.name: [batch.numpy() for batch in pixels], TEXT.name: [batch.numpy() for batch in tokens]},
+                     loaded, network)
+
+
+def parity_of(inputs: dict[str, list[np.ndarray]], loaded: LoadedModel, network: nn.Module) -> ParityInputs:
+    """ParityInputs of the given encoder input batches (tower name -> batches), with their torch fp32 embeddings."""
     space = model_inference(loaded).space
-    image_encoder, text_encoder = ImageEncoder(network, space), TextEncoder(network, space)
+    encoders = {IMAGE.name: ImageEncoder(network, space), TEXT.name: TextEncoder(network, space)}
     with torch.no_grad():
-        expected = {IMAGE.name: [image_encoder(batch).float().numpy() for batch in pixels],
-                    TEXT.name: [text_encoder(batch).float().numpy() for batch in tokens]}
-    return ParityInputs({IMAGE.name: [batch.numpy() for batch in pixels],
-                         TEXT.name: [batch.numpy() for batch in tokens]}, expected, space)
+        expected = {name: [encoders[name](torch.from_numpy(batch)).float().numpy() for batch in batches]
+                    for name, batches in inputs.items()}
+    return ParityInputs(inputs, expected, space)
 
 
 def image_size_hw(size: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
@@ -456,6 +464,13 @@ def _check_parity(path: Path, tower: Tower, variant: str, parity: ParityInputs, 
         return {"checked": False, "reason": reason}
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
         raise ExportError(f"{name}: onnxruntime cannot run it ({str(error).splitlines()[0]})") from error
+    return check_outputs(name, tower, outputs, parity, min_cosine)
+
+
+def check_outputs(name: str, tower: Tower, outputs: Sequence[np.ndarray], parity: ParityInputs,
+                  min_cosine: float) -> dict[str, Any]:
+    """Compare a runtime's ``outputs`` on the parity inputs with torch fp32; ExportError naming
+    ``name`` if any embedding (or, in a space with one, its unsafe score) strays too far."""
     cosines, max_abs_diff = [], 0.0
     for batch, actual, expected in zip(parity.inputs[tower.name], outputs, parity.expected[tower.name]):
         if actual.shape != expected.shape:
@@ -536,11 +551,26 @@ class _QuantizerChatterFilter(logging.Filter):
 def _retrieval_check(loaded: LoadedModel, eval_data: str | os.PathLike, items: Sequence[Quadruplet],
                      fp32_paths: dict[Tower, Path], max_r1_drop: float,
                      int8_paths: dict[Tower, Path]) -> dict[str, Any]:
-    """``{"retrieval": ...}``: R@1 of the int8 encoders vs the fp32 ONNX encoders on ``items`` (read
-    from ``eval_data``); ExportError if it drops by more than ``max_r1_drop`` points in any direction."""
+    """The retrieval gate of the int8 ONNX encoders against the fp32 ONNX encoders (onnxruntime CPU)."""
+    runners = {variant: {tower: partial(run_session, cpu_session(path), tower) for tower, path in paths.items()}
+               for variant, paths in {"fp32": fp32_paths, "int8": int8_paths}.items()}
+    return retrieval_gate(loaded, eval_data, items, runners["fp32"], runners["int8"], max_r1_drop, "ONNX")
+
+
+def run_session(session, tower: Tower, inputs: np.ndarray) -> np.ndarray:
+    """Run an onnxruntime session of ``tower`` on ``inputs``."""
+    return session.run([tower.output_name], {tower.input_name: inputs})[0]
+
+
+def retrieval_gate(loaded: LoadedModel, eval_data: str | os.PathLike, items: Sequence[Quadruplet],
+                   fp32: dict[Tower, Runner], int8: dict[Tower, Runner], max_r1_drop: float,
+                   runtime: str) -> dict[str, Any]:
+    """``{"retrieval": ...}``: R@1 of the ``int8`` encoders vs the ``fp32`` encoders of one runtime
+    (named ``runtime`` in messages) on ``items`` (read from ``eval_data``); ExportError if it drops by
+    more than ``max_r1_drop`` points in any direction."""
     from ..metrics.retrieval import IMAGE_TO_TEXT, TEXT_TO_IMAGE, UNSAFE_TEXT_TO_ALL_IMAGES, retrieval_metrics
 
-    embeddings = _embed_quadruplets(loaded, items, {"fp32": fp32_paths, "int8": int8_paths})
+    embeddings = _embed_quadruplets(loaded, items, {"fp32": fp32, "int8": int8})
     directions = [TEXT_TO_IMAGE, IMAGE_TO_TEXT]
     if embeddings["fp32"].unsafe_image is not None:
         directions.append(UNSAFE_TEXT_TO_ALL_IMAGES)
@@ -553,37 +583,44 @@ def _retrieval_check(loaded: LoadedModel, eval_data: str | os.PathLike, items: S
         before, after = r1["fp32"][direction], r1["int8"][direction]
         if before - after > max_r1_drop:
             raise ExportError(f"retrieval check failed on {eval_data}: {direction} R@1 fell from {before:.2f} "
-                              f"(fp32 ONNX) to {after:.2f} (int8), more than the allowed {max_r1_drop} points")
-    logger.info("int8 retrieval on %s: %s", eval_data,
+                              f"(fp32 {runtime}) to {after:.2f} (int8), more than the allowed {max_r1_drop} points")
+    logger.info("int8 %s retrieval on %s: %s", runtime, eval_data,
                 ", ".join(f"{d} R@1 {r1['fp32'][d]:.2f} -> {r1['int8'][d]:.2f}" for d in directions))
     return {"retrieval": {"data": str(eval_data), "quadruplets": len(items), "max_r1_drop": max_r1_drop, **r1}}
 
 
-def _embed_quadruplets(loaded: LoadedModel, items: Sequence[Quadruplet],
-                       variants: dict[str, dict[Tower, Path]]) -> dict[str, EmbeddingSet]:
-    """EmbeddingSet of ``items`` under each variant's ONNX encoders (onnxruntime CPU)."""
+def quadruplet_columns(items: Sequence[Quadruplet]) -> dict[str, Tower]:
+    """The columns of ``items`` to embed and the tower of each (unsafe images only when all have one)."""
+    columns = {"safe_text": TEXT, "unsafe_text": TEXT, "safe_image": IMAGE}
+    if all(item.unsafe_image is not None for item in items):
+        columns["unsafe_image"] = IMAGE
+    return columns
+
+
+def encoder_inputs(loaded: LoadedModel, items: Sequence[Quadruplet], column: str) -> np.ndarray:
+    """The encoder inputs of one column of ``items``: token ids for texts, preprocessed pixels for images."""
     from ..data.torch_dataset import load_image_tensor
+
+    if column.endswith("_text"):
+        return loaded.tokenizer([getattr(item, column) for item in items]).long().numpy()
+    return torch.stack([load_image_tensor(getattr(item, column), loaded.preprocess, item.source)
+                        for item in items]).numpy()
+
+
+def _embed_quadruplets(loaded: LoadedModel, items: Sequence[Quadruplet],
+                       variants: dict[str, dict[Tower, Runner]]) -> dict[str, EmbeddingSet]:
+    """EmbeddingSet of ``items`` under each variant's encoders."""
     from ..metrics.retrieval import EmbeddingSet
 
-    preprocess, tokenizer = loaded.preprocess, loaded.tokenizer
-    with_unsafe_images = all(item.unsafe_image is not None for item in items)
-    columns = {"safe_text": TEXT, "unsafe_text": TEXT, "safe_image": IMAGE}
-    if with_unsafe_images:
-        columns["unsafe_image"] = IMAGE
-    sessions = {variant: {tower: cpu_session(path) for tower, path in paths.items()}
-                for variant, paths in variants.items()}
+    columns = quadruplet_columns(items)
     chunks: dict[str, dict[str, list[np.ndarray]]] = {variant: {column: [] for column in columns}
                                                       for variant in variants}
     for start in tqdm(range(0, len(items), EVAL_BATCH), desc="int8 retrieval check", unit="batch", disable=None):
         batch = items[start:start + EVAL_BATCH]
         for column, tower in columns.items():
-            if tower is TEXT:
-                inputs = tokenizer([getattr(item, column) for item in batch]).long().numpy()
-            else:
-                inputs = torch.stack([load_image_tensor(getattr(item, column), preprocess, item.source)
-                                      for item in batch]).numpy()
-            for variant, towers in sessions.items():
-                chunks[variant][column].append(towers[tower].run([tower.output_name], {tower.input_name: inputs})[0])
+            inputs = encoder_inputs(loaded, batch, column)
+            for variant, towers in variants.items():
+                chunks[variant][column].append(towers[tower](inputs))
     return {variant: EmbeddingSet(**{column: np.concatenate(parts) for column, parts in by_column.items()})
             for variant, by_column in chunks.items()}
 

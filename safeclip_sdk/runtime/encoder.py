@@ -1,7 +1,8 @@
-"""One embedding API over three runtimes: torch (open_clip), onnxruntime and TensorRT.
+"""One embedding API over four runtimes: torch (open_clip), onnxruntime, OpenVINO and TensorRT.
 
 >>> encoder = Encoder.load("runs/safe-clip", backend="torch")
 >>> encoder = Encoder.load("exports/safe-clip-onnx", backend="onnx", precision="int8")
+>>> encoder = Encoder.load("exports/safe-clip-onnx", backend="auto")   # the fastest variant measured at export
 >>> text_embeddings = encoder.encode_text(["a photo of a cat"])
 >>> image_embeddings = encoder.encode_image(["cat.jpg", open("dog.png", "rb").read()])
 
@@ -30,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._utils.devices import resolve_device
-from ..errors import DataError, ModelLoadError
+from ..errors import DataError, ExportError, ModelLoadError
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, ImageInput, describe_item, load_image, preprocess_image
 from ..export.manifest import MANIFEST_NAME, load_manifest
 from ..methods import Inference, load_checked_model, model_inference
@@ -41,7 +42,7 @@ from .category_onnx import exported_classifier
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "tensorrt")
+BACKENDS = ("torch", "onnx", "openvino", "tensorrt")
 AUTO_BACKEND = "auto"
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -100,6 +101,7 @@ class Encoder:
         self._num_workers = num_workers or min(8, os.cpu_count() or 1)
         # where it was loaded from (a folder's absolute path), recorded by a reindex; None when built directly
         self.source: str | None = None
+        self.precision = "fp32"  # the variant Encoder.load chose
 
     @property
     def device(self) -> str:
@@ -112,28 +114,31 @@ class Encoder:
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "torch", *, device: str = "auto",
-             precision: str = "fp32", batch_size: int = 32, num_threads: int | None = None,
+             precision: str | None = None, batch_size: int = 32, num_threads: int | None = None,
              providers: list[str] | None = None, num_workers: int | None = None,
              max_pixels: int = DEFAULT_MAX_PIXELS) -> Encoder:
         """Load an encoder.
 
         Args:
             path: for ``torch``, a model folder or any source ``safeclip_sdk.model.folder.load_model``
-                accepts; for ``onnx`` and ``tensorrt``, an export folder with ``manifest.json``
-                (file hashes are verified).
-            backend: ``torch``, ``onnx``, ``tensorrt``, or ``auto``: the fastest runtime ``path``
-                allows (see :func:`fastest_backend`).
+                accepts; for ``onnx``, ``openvino`` and ``tensorrt``, an export folder with
+                ``manifest.json`` (file hashes are verified).
+            backend: ``torch``, ``onnx``, ``openvino``, ``tensorrt``, or ``auto``: the fastest runtime
+                and variant ``path`` allows (see :func:`fastest_variant`).
             device: ``auto`` (GPU when one is usable), ``cpu`` or ``cuda``/``cuda:N``.
-            precision: ``fp32``; ``fp16`` (torch on CUDA, or an exported fp16 variant);
-                ``int8`` (an exported int8 variant).
+            precision: ``fp32`` (the default); ``fp16`` (torch on CUDA, or an exported fp16 variant);
+                ``int8`` (an exported int8 variant). With ``backend="auto"`` and no precision, the
+                fastest variant of any precision.
             batch_size: default number of items per forward pass.
-            num_threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+            num_threads: onnxruntime intra-op / OpenVINO inference threads (default: the runtime's choice).
             providers: onnxruntime execution providers, overriding the automatic choice.
             num_workers: threads decoding and preprocessing images.
             max_pixels: larger images are refused (decompression bomb guard, read from the header).
         """
         if backend == AUTO_BACKEND:
-            backend = fastest_backend(path, device)
+            backend, fastest_precision = fastest_variant(path, device, precision)
+            precision = precision or fastest_precision
+        precision = precision or "fp32"
         if backend not in BACKENDS:
             raise ModelLoadError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)}, {AUTO_BACKEND})")
         if precision not in PRECISIONS:
@@ -146,6 +151,7 @@ class Encoder:
         else:
             encoder = cls._load_export(Path(path), backend, device, precision, num_threads, providers, options)
         encoder.source = str(Path(path).resolve()) if Path(path).exists() else os.fspath(path)
+        encoder.precision = precision
         return encoder
 
     @classmethod
@@ -163,6 +169,10 @@ class Encoder:
         manifest = load_manifest(folder, verify_hashes=True)
         if backend == "onnx":
             runtime = _OnnxRuntime(folder, manifest, precision, device, providers, num_threads)
+        elif backend == "openvino":
+            from .openvino import OpenVinoRuntime
+
+            runtime = OpenVinoRuntime(folder, manifest, precision, device, num_threads)
         else:
             runtime = _TensorRTRuntime(folder, manifest, device, precision)
         text = manifest.text
@@ -271,22 +281,49 @@ class Encoder:
             return ImageError(label, f"cannot preprocess {image.width}x{image.height} image ({error})")
 
     def __repr__(self) -> str:
-        return (f"Encoder(backend={self.backend!r}, device={self.device!r}, embed_dim={self.embed_dim}, "
+        return (f"Encoder(backend={self.backend!r}, precision={self.precision!r}, device={self.device!r}, "
+                f"embed_dim={self.embed_dim}, "
                 f"space={self.space.kind!r})")
 
 
 def fastest_backend(path: str | os.PathLike, device: str = "auto") -> str:
-    """``tensorrt`` for an export with engines on a GPU host that has TensorRT, ``onnx`` for any
-    other export folder (one with ``manifest.json``), ``torch`` for model folders and sources."""
+    """The backend of :func:`fastest_variant`."""
+    return fastest_variant(path, device)[0]
+
+
+def fastest_variant(path: str | os.PathLike, device: str = "auto", precision: str | None = None
+                    ) -> tuple[str, str | None]:
+    """(backend, precision) to load ``path`` with: ``torch`` for model folders and sources; for an
+    export folder, ``tensorrt`` when it has engines on a GPU host with TensorRT, ``onnx`` on any other
+    GPU host; on the CPU, the variant of ``precision`` (any, when None) with the most images + texts
+    per second in the manifest's ``speed`` record (measured at export time, see
+    ``safeclip_sdk.export.openvino``) among those whose runtime is installed, else ``onnx``."""
     import importlib.util
 
     folder = Path(path)
     if not (folder / MANIFEST_NAME).is_file():
-        return "torch"
-    if device != "cpu" and importlib.util.find_spec("tensorrt") is not None and _gpu_present():
-        if load_manifest(folder, verify_hashes=False).tensorrt:
-            return "tensorrt"
-    return "onnx"
+        return "torch", None
+    try:
+        manifest = load_manifest(folder, verify_hashes=False)
+    except ExportError:
+        return "onnx", precision  # loading it names what is wrong
+    if device != "cpu" and _gpu_present():
+        if manifest.tensorrt and importlib.util.find_spec("tensorrt") is not None:
+            return "tensorrt", precision
+        return "onnx", precision
+    present = {f"onnx/{name}" for name in manifest.variants}
+    present |= {f"openvino/{name}" for name in (manifest.openvino or {}).get("variants", {})}
+    installed = {backend for backend, module in (("onnx", "onnxruntime"), ("openvino", "openvino"))
+                 if importlib.util.find_spec(module) is not None}
+    measured = {key: rates for key, rates in ((manifest.speed or {}).get("items_per_s") or {}).items()
+                if key in present and key.split("/")[0] in installed
+                and (precision is None or key.split("/")[1] == precision)}
+    if not measured:
+        return "onnx", precision
+    # the time to embed one image and one text, at the measured batch size
+    fastest = min(measured, key=lambda key: 1 / measured[key]["image"] + 1 / measured[key]["text"])
+    backend, variant = fastest.split("/")
+    return backend, variant
 
 
 def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
