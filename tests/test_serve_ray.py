@@ -1,4 +1,4 @@
-"""`safeclip serve` scaled out: two Ray Serve replicas on a local Ray (two CPUs) answering as the
+"""`safeclip serve` scaled out: two autoscaled Ray Serve replicas on a local Ray (two CPUs) answering as the
 in-process Encoder and search do, through httpx and the openai client, over a PostgreSQL
 collection every replica opens; a GPU request on this GPU-less host failing at once; the
 options that do not go together; and two uvicorn worker processes (`--workers 2`) that both answer."""
@@ -53,13 +53,15 @@ def photos_dsn(pg_server, encoder, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def ray_url(local_ray, photos_dsn, tiny_model_dir):
-    """Two replicas of the tiny model on the session's Ray, shared by this module's Ray tests."""
+    """The tiny model on the session's Ray, autoscaled between two and three replicas (it starts
+    with two), shared by this module's Ray tests."""
     from ray import serve
 
     from safeclip_sdk.serve.ray_serve import deploy_ray
 
     url = deploy_ray(tiny_model_dir, store=photos_dsn, collection="photos", settings=ServeSettings(model_name=MODEL),
-                     replicas=2, cpus_per_replica=0.5, port=free_port(), backend="torch", device="cpu")
+                     min_replicas=2, max_replicas=3, cpus_per_replica=0.5, port=free_port(), backend="torch",
+                     device="cpu")
     yield url
     serve.shutdown()
 
@@ -113,9 +115,9 @@ def test_a_gpu_request_on_a_host_without_one_fails_at_once(local_ray, tiny_model
     started = time.monotonic()
     with pytest.raises(SafeclipError, match=r"2 worker\(s\) with 1 GPU\(s\) each need 2 GPU\(s\), but .* has 0"):
         deploy_ray(tiny_model_dir, replicas=2, gpus_per_replica=1, port=free_port())
+    assert time.monotonic() - started < 10
     result = CliRunner().invoke(cli, ["serve", str(tiny_model_dir), "--ray", "--max-replicas", "4",
                                       "--min-replicas", "3", "--gpus-per-replica", "0.5", "--port", str(free_port())])
-    assert time.monotonic() - started < 10
     message = result.output.strip()
     assert result.exit_code == 1 and "\n" not in message and "need 1.5 GPU(s)" in message, result.output
     assert "Traceback" not in message
