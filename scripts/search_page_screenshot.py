@@ -56,7 +56,7 @@ def main() -> None:
         shutil.copytree(demo / "qdrant", store)
         model = demo / "onnx" if (demo / "onnx" / "manifest.json").is_file() else demo / "safe-clip" / "model"
         query = args.query or json.loads((demo / "world" / "test.jsonl").read_text().splitlines()[0])["unsafe_text"]
-        page = {"q": query, "k": str(args.k), "left": "query-side"}
+        page = {"q": query, "k": str(args.k), "left": "base"}
         threshold = _audited_threshold(demo / "audit-after.json")
         if threshold is not None:  # the collection records none for the shift score: compare with its filter
             page.update(threshold=f"{threshold:.4g}", right="score-filter")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SafeclipError
+from ..export.manifest import MANIFEST_NAME
 from ..integrations import open_store
 from ..integrations.base import VectorStore
 from .audit_report import AuditReport, Outcome, mode_figures
@@ -176,10 +177,14 @@ def _load(source: str | os.PathLike):
 
 def recorded_base_model(model: str | os.PathLike | None) -> str | None:
     """The base model a safe model folder records (``safeclip.json``'s ``base_model``), when the
-    Encoder can load it by its source alone (no pretrained tag)."""
-    metadata_path = Path(os.fspath(model)) / "safeclip.json" if model is not None else None
-    if metadata_path is None or not metadata_path.is_file():
+    Encoder can load it by its source alone (no pretrained tag); for an export, the base of the
+    folder it was exported from."""
+    if model is None:
         return None
+    metadata_path = Path(os.fspath(model)) / "safeclip.json"
+    if not metadata_path.is_file():
+        exported_from = _exported_from(Path(os.fspath(model)))
+        return recorded_base_model(exported_from) if exported_from is not None else None
     try:
         base = json.loads(metadata_path.read_text(encoding="utf-8")).get("base_model")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
@@ -189,6 +194,15 @@ def recorded_base_model(model: str | os.PathLike | None) -> str | None:
     if isinstance(base, dict) and isinstance(base.get("source"), str) and not base.get("pretrained"):
         return base["source"]
     return None
+
+
+def _exported_from(folder: Path) -> str | None:
+    """The model folder an export's manifest names, if it is one here."""
+    try:
+        source = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")).get("source_model")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return source if isinstance(source, str) and (Path(source) / "safeclip.json").is_file() else None
 
 
 def _label(model: str | os.PathLike | None, encoder) -> str | None:
