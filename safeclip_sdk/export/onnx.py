@@ -176,12 +176,12 @@ def export_onnx(model: str | os.PathLike | LoadedModel, out_dir: str | os.PathLi
     if parity_batch < 1:
         raise ExportError(f"parity_batch must be at least 1, got {parity_batch}")
     # every input is checked before the first write
-    eval_items = eval_items(eval_data, image_root) if int8 and eval_data is not None else None
+    gate_items = eval_items(eval_data, image_root) if int8 and eval_data is not None else None
     loaded = model if isinstance(model, LoadedModel) else load_checked_model(str(model))
     source = loaded.source if isinstance(model, LoadedModel) else str(model)
     out = Path(out_dir)
     variants = {"fp16": fp16, "int8": int8}
-    gate = {"min_cosine": int8_min_cosine, "max_r1_drop": int8_max_r1_drop, "data": eval_data, "items": eval_items}
+    gate = {"min_cosine": int8_min_cosine, "max_r1_drop": int8_max_r1_drop, "data": eval_data, "items": gate_items}
 
     with exportable_clip(loaded.model) as network:
         parity = parity_inputs(loaded, network, parity_batch)
