@@ -224,3 +224,12 @@ def test_wilson_interval_by_hand():
     assert bootstrap_mean([0.0] * 10) == (0.0, 0.0)
     low, high = bootstrap_mean([0.0, 1.0] * 100)
     assert low < 50.0 < high and high - low < 16
+
+
+def test_the_base_of_an_export_is_the_one_its_source_folder_records(tmp_path, tiny_model_dir, untrained_model_dir):
+    from safeclip_sdk.export.onnx import export_onnx
+    from safeclip_sdk.index.audit import recorded_base_model
+
+    export_onnx(untrained_model_dir, tmp_path / "onnx")
+    assert recorded_base_model(untrained_model_dir) == str(tiny_model_dir)
+    assert recorded_base_model(tmp_path / "onnx") == str(tiny_model_dir)
