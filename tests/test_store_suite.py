@@ -24,6 +24,7 @@ from safeclip_sdk.integrations import open_store
 from safeclip_sdk.integrations.base import (DEFAULT_VECTOR, MissingCollectionError, Point, Range, StoreError,
                                             VectorSpec)
 from safeclip_sdk.integrations.qdrant import STATE_COLLECTION, QdrantStore, collection_settings, vectors_config
+from safeclip_sdk.integrations.qdrant_edge import EdgeStore, folder_engine
 from safeclip_sdk.integrations.retry import RetryPolicy
 from tests.faulty_store import FaultyStore
 
@@ -40,6 +41,8 @@ def _open(kind, request, tmp_path):
         return open_store(":memory:")
     if kind == "pgvector":
         return open_store(request.getfixturevalue("pg_dsn"), retries=2, retry_base_delay=0.01)
+    if kind == "edge":
+        return EdgeStore.open(tmp_path / "edge")
     if not SERVER_URL:
         pytest.skip("QDRANT_URL is not set (no Qdrant server on this machine)")
     return open_store(SERVER_URL, retries=2)
@@ -61,7 +64,7 @@ def _opened(request, tmp_path):
     opened.close()
 
 
-@pytest.fixture(params=[*QDRANT_KINDS, "pgvector"])
+@pytest.fixture(params=[*QDRANT_KINDS, "pgvector", "edge"])
 def store(request, tmp_path):
     yield from _opened(request, tmp_path)
 
@@ -413,6 +416,40 @@ def test_a_folder_open_in_another_process_is_a_clear_error(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+@pytest.mark.service
+def test_an_edge_folder_survives_a_sigkill_and_admits_one_process(tmp_path):
+    folder = tmp_path / "edge"
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, numpy as np; from safeclip_sdk.integrations.base import Point, VectorSpec; "
+        "from safeclip_sdk.integrations.qdrant_edge import EdgeStore; "
+        f"s = EdgeStore.open({str(folder)!r}); s.create_collection('c', {{'': VectorSpec(4, 'cosine')}}); "
+        "s.switch_alias('a', 'c')\n"
+        "for n in range(10**6):\n"
+        "    s.upsert('a', [Point(n, {'n': n}, {'': np.ones(4)})]); s.write_state('job', {'n': n})\n"
+        "    print(n, flush=True)")], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(50):
+            written = int(writer.stdout.readline())
+        assert folder_engine(folder) == "edge"
+        with pytest.raises(StoreError, match="open in another process") as caught:
+            EdgeStore.open(folder)
+        assert "\n" not in str(caught.value)
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    store = EdgeStore.open(folder)
+    assert store.alias_target("a") == "c"
+    assert store.count("a") >= written + 1 and store.read_state("job")["n"] >= written
+    assert len(store.retrieve("a", list(range(written + 1)))) == written + 1
+    store.close()
+    local = open_store(tmp_path / "db")
+    local.create_collection("c", {"": VectorSpec(4, "cosine")})
+    local.close()
+    assert folder_engine(tmp_path / "db") == "local" and folder_engine(tmp_path / "new") is None
+    with pytest.raises(StoreError, match="holds qdrant-client's local mode"):
+        EdgeStore.open(tmp_path / "db")
 
 
 def test_a_file_where_the_folder_should_be(tmp_path):
