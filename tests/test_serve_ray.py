@@ -66,6 +66,19 @@ def ray_url(local_ray, photos_dsn, tiny_model_dir):
     serve.shutdown()
 
 
+def test_a_replica_that_cannot_load_its_model_fails_in_one_line(local_ray, tmp_path):
+    """Runs before the shared deployment exists (both would take the route prefix /), and leaves
+    Serve running with its proxy on another port, which the shared deployment then answers on."""
+    from ray import serve
+
+    from safeclip_sdk.serve.ray_serve import deploy_ray
+
+    with pytest.raises(SafeclipError, match=r"^a Ray Serve replica could not start: .*missing-model") as failure:
+        deploy_ray(tmp_path / "missing-model", cpus_per_replica=0.5, port=free_port(), backend="torch")
+    assert "\n" not in str(failure.value)
+    assert "safeclip" not in serve.status().applications  # the failed application was removed
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 

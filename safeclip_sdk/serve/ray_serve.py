@@ -19,6 +19,7 @@ from ..errors import SafeclipError
 try:
     import ray
     from ray import serve
+    from ray.serve.context import _get_global_client
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise SafeclipError("safeclip serve --ray needs Ray Serve: pip install 'safeclip[ray-serve]'") from error
 
@@ -113,12 +114,16 @@ def deploy_ray(model: str | os.PathLike, *, store=None, collection: str | None =
                                          "target_ongoing_requests": target_ongoing_requests}
     deployment = serve.deployment(SafeclipReplica, name="safeclip").options(**options)
     serve.start(http_options={"host": host, "port": port})
+    proxy = _get_global_client().http_config  # Serve started earlier on this cluster keeps its own
+    if (proxy.host, proxy.port) != (host, port):
+        logger.warning("Ray Serve already runs on this cluster with its HTTP proxy on %s:%s: the service answers "
+                       "there, not on %s:%s", proxy.host, proxy.port, host, port)
     try:
         serve.run(deployment.bind(arguments), name=name, route_prefix="/")
-    except RuntimeError as error:
+    except Exception as error:  # noqa: BLE001 - whatever stopped the deployment, said in one line
         raise _start_failure(name, error) from None
-    warn_if_reachable(host)
-    return f"http://{host}:{port}"
+    warn_if_reachable(proxy.host)
+    return f"http://{proxy.host}:{proxy.port}"
 
 
 def serve_ray(model: str | os.PathLike, **options) -> None:
@@ -143,7 +148,7 @@ def serve_ray(model: str | os.PathLike, **options) -> None:
             ray.shutdown()
 
 
-def _start_failure(name: str, error: RuntimeError) -> SafeclipError:
+def _start_failure(name: str, error: Exception) -> SafeclipError:
     """Why the replicas did not start, as one line (a safeclip error raised in a replica is only in
     the deployment's status, as the text of its traceback); the failed application is removed."""
     application = serve.status().applications.get(name)
