@@ -5,17 +5,20 @@ the in-process Encoder, in one run.
     python benchmarks/bench_serve.py --concurrency 1 4 16 64 --repeats 3 --json /tmp/bench/serve.json
     python benchmarks/bench_serve.py --backend torch --modalities text --requests 128   # a quick run
     python benchmarks/bench_serve.py --modalities text --concurrency 16 --workers 2 --ray 2   # scale-out
+    python benchmarks/bench_serve.py --architecture ViT-B-32 --concurrency 16 --servers default --requests 96
 
-A random-weight `safeclip-tiny` is saved and exported to ONNX fp32 in a temporary folder (nothing
-is downloaded). Two servers are started as `safeclip serve` processes on loopback ports: one
-batching (``--max-batch-size 32 --max-wait-ms 5``, the defaults) and one answering each request
-with its own model call (``--max-batch-size 1``). The client (this process, plain HTTP/1.1 on
+A random-weight `safeclip-tiny` (or ``--architecture``, e.g. ViT-B-32) is saved and exported to
+ONNX fp32 in a temporary folder (nothing is downloaded). Servers are started as `safeclip serve`
+processes on loopback ports: batching with a 5 ms wait, batching without a wait (the defaults) and
+one answering each request with its own model call (``--max-batch-size 1``); ``--servers`` picks
+some of them. The client (this process, plain HTTP/1.1 on
 asyncio streams, one keep-alive connection per concurrent request) keeps ``concurrency``
 requests of one input each in flight until ``--requests`` are answered;
 requests/s is answered requests over wall time, latencies are per request. Texts are short
 captions; images are 64x64 PNGs sent as base64 data URLs (the server decodes and preprocesses
 them). The in-process rows are ``Encoder.encode_text`` / ``encode_image`` on the same inputs in
-batches of 32 and of 1, in this process, same backend.
+batches of 32 and of 1, in this process, same backend; "vs in-process" is a server's requests/s
+over the in-process batch-32 items/s (the most the model gives on this machine), medians.
 
 ``--workers N`` adds a server of N uvicorn processes, ``--ray N`` one of N Ray Serve replicas on
 a local Ray started by the server (one CPU each), both with the default batching; the table then
@@ -55,17 +58,18 @@ DEFAULT = "batched, wait 0 (default)"
 SERVERS = {"batched, wait 5 ms": ["--max-batch-size", "32", "--max-wait-ms", "5"],
            DEFAULT: ["--max-batch-size", "32", "--max-wait-ms", "0"],
            UNBATCHED: ["--max-batch-size", "1"]}
+SERVER_CHOICES = {"wait5": "batched, wait 5 ms", "default": DEFAULT, "unbatched": UNBATCHED}
 
 
-def build_model(folder: Path, backend: str) -> Path:
+def build_model(folder: Path, backend: str, architecture: str = "safeclip-tiny") -> Path:
     import torch
 
     from safeclip_sdk.model.folder import load_model, save_model_dir
 
     torch.manual_seed(0)
-    loaded = load_model("safeclip-tiny")
+    loaded = load_model(architecture)
     save_model_dir(folder / "model", loaded.model, loaded.model_cfg, loaded.preprocess_cfg,
-                   metadata={"method": "base", "base_model": "safeclip-tiny"})
+                   metadata={"method": "base", "base_model": architecture})
     if backend == "torch":
         return folder / "model"
     from safeclip_sdk.export import export_onnx
@@ -177,6 +181,10 @@ def in_process(model: Path, backend: str, modality: str, items: list[str], min_s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    parser.add_argument("--architecture", default="safeclip-tiny",
+                        help="open_clip architecture, random weights (e.g. ViT-B-32).")
+    parser.add_argument("--servers", nargs="+", choices=sorted(SERVER_CHOICES), default=sorted(SERVER_CHOICES),
+                        help="Which single-process servers to measure.")
     parser.add_argument("--modalities", nargs="+", choices=["text", "image"], default=["text", "image"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64])
     parser.add_argument("--requests", type=int, default=256, help="Requests per measurement.")
@@ -187,7 +195,8 @@ def main() -> None:
                         help="Also a Ray Serve server with this many replicas (a local Ray).")
     parser.add_argument("--json", dest="json_path", help="Write every raw number here.")
     args = parser.parse_args()
-    servers = dict(SERVERS)
+    servers = {name: options for name, options in SERVERS.items()
+               if name in {SERVER_CHOICES[choice] for choice in args.servers}}
     if args.workers:
         servers[f"{args.workers} uvicorn workers"] = ["--workers", str(args.workers)]
     if args.ray:
@@ -195,7 +204,7 @@ def main() -> None:
     machine = machine_info()
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
-        model = build_model(Path(scratch), args.backend)
+        model = build_model(Path(scratch), args.backend, args.architecture)
         data = {modality: inputs(modality, 64) for modality in args.modalities}
         baseline = {modality: [in_process(model, args.backend, modality, data[modality], args.min_seconds)
                                for _ in range(args.repeats)] for modality in args.modalities}
@@ -220,23 +229,26 @@ def main() -> None:
                 process.wait(60)
 
     print(describe_machine(machine))
-    print(f"\nsafeclip serve, safeclip-tiny (random weights), {args.backend} on the CPU, {args.requests} requests "
+    print(f"\nsafeclip serve, {args.architecture} (random weights), {args.backend} on the CPU, {args.requests} requests "
           f"of one input per measurement, median of {args.repeats} runs\n")
     rows = []
-    bases = [UNBATCHED, DEFAULT] if len(servers) > len(SERVERS) else [UNBATCHED]
+    bases = [base for base in (UNBATCHED, DEFAULT) if base in servers] if len(servers) > 1 else []
+    bases = bases if args.workers or args.ray else bases[:1]
     for modality in args.modalities:
         for concurrency in args.concurrency:
             for name in servers:
                 measured = runs[(modality, concurrency, name)]
                 ratios = [f"{ratio_to(measured, runs[(modality, concurrency, base)]):.2f}x" for base in bases]
-                rows.append([modality, concurrency, name,
-                             f"{summarize([m['requests_per_s'] for m in measured])['median']:.0f}",
+                peak = summarize([b["batch_32"] for b in baseline[modality]])["median"]
+                served = summarize([m["requests_per_s"] for m in measured])["median"]
+                rows.append([modality, concurrency, name, f"{served:.0f}",
                              f"{summarize([m['p50_ms'] for m in measured])['median']:.1f}",
                              f"{summarize([m['p99_ms'] for m in measured])['median']:.1f}", *ratios,
+                             f"{served / peak:.0%}",
                              f"{per_call[(modality, name)]:.1f}"])
     print(markdown_table(["inputs", "concurrency", "server", "requests/s", "p50 ms", "p99 ms",
                           *[f"vs {'unbatched' if base == UNBATCHED else 'default'}" for base in bases],
-                          "inputs per call"], rows))
+                          "vs in-process", "inputs per call"], rows))
     print("\nin-process Encoder, same backend (items/s, median):\n")
     print(markdown_table(["inputs", "batch 32", "batch 1"],
                          [[modality, f"{summarize([b['batch_32'] for b in baseline[modality]])['median']:.0f}",
