@@ -51,7 +51,7 @@ def command(model_dir, onnx_dir, openvino_dir, fp16, int8, eval_data, calibratio
     if int8_options and not onnx_dir and not openvino_dir:
         raise click.UsageError(f"{', '.join(int8_options)} need --onnx OUT_DIR or --openvino OUT_DIR")
     if (eval_data or image_root or calibration_data) and not int8:
-        raise click.UsageError("--eval-data, --calibration-data and --image-root are used by the int8 checks: "
+        raise click.UsageError("--eval-data, --calibration-data and --image-root are used by the int8 check: "
                                "add --int8")
     if openvino_dir and int8 and not (calibration_data or eval_data):
         raise click.UsageError("the OpenVINO int8 variant is calibrated on your data: add --calibration-data "

@@ -169,7 +169,7 @@ def test_cli_export_then_embed(model_dir, export_copy, tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (["--hf", "out", "--int8"], "--int8 need --onnx OUT_DIR or --openvino OUT_DIR"),
     (["--onnx", "out", "--int8", "--calibration-data", __file__], "--calibration-data calibrates the OpenVINO"),
-    (["--openvino", "out", "--calibration-data", __file__], "used by the int8 checks: add --int8"),
+    (["--openvino", "out", "--calibration-data", __file__], "used by the int8 check: add --int8"),
     (["--openvino", "out", "--int8"], "calibrated on your data: add --calibration-data and/or --eval-data"),
 ])
 def test_cli_rejects_incomplete_options(tiny_model_dir, arguments, message):
