@@ -2,7 +2,7 @@
 
     python benchmarks/bench_scale.py                                   # 20k points, PostgreSQL: a few minutes
     python benchmarks/bench_scale.py reindex --store postgres --points 1000000 --out /tmp/scale/pg-1m
-    python benchmarks/bench_scale.py reindex --store qdrant-local --points 200000 --time-limit 2400 --out /tmp/scale/local
+    python benchmarks/bench_scale.py reindex --store qdrant-edge --points 100000 --out /tmp/scale/edge-100k
     python benchmarks/bench_scale.py engines --points 100000 1000000 --out /tmp/scale/engines
 
 ``reindex``: builds a source collection of N points behind the alias ``docs`` (payload texts from a
@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,18 @@ class Postgres:
 
 
 def open_target(kind: str, root: Path):
-    """(server or None, the store's target string)."""
+    """(server or None, the store's target string: ``edge:FOLDER`` for qdrant-edge)."""
     if kind == "postgres":
         server = Postgres(root / "pg")
         return server, server.dsn
-    return None, str(root / "qdrant")
+    return None, ("edge:" if kind == "qdrant-edge" else "") + str(root / "qdrant")
+
+
+def open_bench_store(target: str):
+    from safeclip_sdk.integrations import open_store
+    from safeclip_sdk.integrations.qdrant_edge import EdgeStore
+
+    return EdgeStore.open(target[5:]) if target.startswith("edge:") else open_store(target)
 
 
 def build_source(store, count: int, seed: int = 0) -> float:
@@ -200,12 +208,11 @@ def outcome(entry: dict) -> dict | None:
 def child_reindex(target: str, model: str, log_path: str, batch: int, writer_log: str, writer_rate: float,
                   count: int, seed: int) -> None:
     """One ``reindex()`` run; a line per upsert in LOG: time, points, collection, database seconds so far."""
-    from safeclip_sdk.integrations import open_store
     from safeclip_sdk.index.reindex import reindex
     from safeclip_sdk.runtime.encoder import Encoder
 
     encoder = Encoder.load(model)
-    inner = open_store(target)
+    inner = open_bench_store(target)
     timed = TimedStore(inner)
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     upsert = inner.upsert
@@ -232,10 +239,9 @@ def child_reindex(target: str, model: str, log_path: str, batch: int, writer_log
 
 
 def child_writer(target: str, model: str, writer_log: str, rate: float, count: int, seed: int, stop: str) -> None:
-    from safeclip_sdk.integrations import open_store
     from safeclip_sdk.runtime.encoder import Encoder
 
-    writer = Writer(open_store(target), Encoder.load(model), count, Path(writer_log), rate, seed)
+    writer = Writer(open_bench_store(target), Encoder.load(model), count, Path(writer_log), rate, seed)
     thread = threading.Thread(target=writer.run)
     thread.start()
     while not os.path.exists(stop):
@@ -266,12 +272,11 @@ def read_log(path: Path, done_from: int) -> tuple[list[tuple[float, int, str, fl
 
 
 def run_reindex(args) -> dict[str, Any]:
-    from safeclip_sdk.integrations import open_store
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    local = args.store == "qdrant-local"
-    root = Path(tempfile.mkdtemp(prefix="bench-scale-", dir="/dev/shm" if local and os.path.isdir("/dev/shm") else None))
+    local = args.store != "postgres"  # one process per folder: the writer is a thread of the reindex process
+    shm = "/dev/shm" if local and os.path.isdir("/dev/shm") else None
+    root = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=shm))
     server, target = open_target(args.store, root)
     result: dict[str, Any] = {"store": args.store, "points": args.points, "batch_size": args.batch_size,
                               "writer_rate": args.writer_rate, "machine": machine_info()}
@@ -279,7 +284,7 @@ def run_reindex(args) -> dict[str, Any]:
     children: list[subprocess.Popen] = []
     try:
         model = save_model("safeclip-tiny", root / "tiny")
-        store = open_store(target)
+        store = open_bench_store(target)
         result["build_source_s"] = build_source(store, args.points)
         started = time.perf_counter()
         if args.source_index:
@@ -307,7 +312,7 @@ def run_reindex(args) -> dict[str, Any]:
             stop.touch()
             result["writer"] = json.loads(writer.communicate(timeout=120)[0].strip().splitlines()[-1])
         if store is None:
-            store = open_store(target)
+            store = open_bench_store(target)
         if monitor["complete"]:
             result["check"] = check_collection(store, args.points, writer_log, model)
             result["search"] = search_latency(store, args, model)
@@ -474,7 +479,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
             "queries": len(values)}
 
 
-def search_latency(store, args, model: Path, queries: int = 200, exact: int = 20) -> dict[str, Any]:
+def search_latency(store, args, model: Path, queries: int = 200, exact: int = 20, collection: str = ALIAS,
+                   using_names: Sequence[str] = ("", "safe")) -> dict[str, Any]:
     """p50/p99 of ``query`` (top 10) on the original vectors (random unit queries) and the safe ones
     (embedded texts), through the store; pgvector also an exact scan and the HNSW recall@10 against it."""
     from safeclip_sdk.runtime.encoder import Encoder
@@ -483,24 +489,26 @@ def search_latency(store, args, model: Path, queries: int = 200, exact: int = 20
     originals = rng.normal(size=(queries, DIM)).astype(np.float32)
     safes = Encoder.load(model).encode_text([text_of(int(i)) for i in rng.integers(0, args.points, queries)])
     result: dict[str, Any] = {}
-    if args.store != "postgres":
+    if args.store == "qdrant-local":
         queries = min(queries, 50)  # local mode scans every point in numpy
     for using, vectors in (("", originals), ("safe", safes)):
+        if using not in using_names:
+            continue
         times, hits = [], []
         for vector in vectors[:queries]:
             started = time.perf_counter()
-            hits.append([h.id for h in store.query(ALIAS, vector, using=using, limit=10)])
+            hits.append([h.id for h in store.query(collection, vector, using=using, limit=10)])
             times.append(time.perf_counter() - started)
         label = using or "original"
         result[label] = percentiles(times)
         if args.store == "postgres":
             result[label + "_exact"], result[label + "_recall_at_10"] = exact_scan(
-                store, using, vectors[:exact], hits[:exact])
+                store, using, vectors[:exact], hits[:exact], collection)
         print(f"search {label}: {result[label]}", flush=True)
     return result
 
 
-def exact_scan(store, using: str, vectors, hnsw_hits) -> tuple[dict[str, float], float]:
+def exact_scan(store, using: str, vectors, hnsw_hits, collection: str) -> tuple[dict[str, float], float]:
     """pgvector without its index (``enable_indexscan = off``): latency and the HNSW hits' recall."""
     import psycopg
     from pgvector.psycopg import register_vector
@@ -508,7 +516,7 @@ def exact_scan(store, using: str, vectors, hnsw_hits) -> tuple[dict[str, float],
 
     from safeclip_sdk.integrations import pgvector_schema as schema
 
-    table = store.alias_target(ALIAS)
+    table = store.alias_target(collection) or collection
     column = sql.Identifier(schema.vector_column(using))
     statement = sql.SQL("SELECT id FROM {} ORDER BY {} <=> %s LIMIT 10").format(sql.Identifier(table), column)
     times, recall = [], []
@@ -594,9 +602,10 @@ class LocalCollection:
         self.store.close()
 
 
-def child_engine(engine: str, count: int, batch: int) -> dict[str, Any]:
+def child_engine(engine: str, count: int, batch: int, index: bool) -> dict[str, Any]:
     """Upsert ``count`` points of a reindex's target layout (original + safe vector, text payload) in
-    pages of ``batch``, then scroll them all, retrieve pages by id and query; rates, RSS, disk."""
+    pages of ``batch``, then scroll them all, retrieve pages by id and query; rates, RSS, disk. With
+    ``index``, ``finish`` (qdrant-edge: optimize, which builds the HNSW) runs before the scroll."""
     folder = Path(tempfile.mkdtemp(prefix="bench-engine-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     try:
         rss_start = rss_mib(os.getpid())
@@ -615,10 +624,11 @@ def child_engine(engine: str, count: int, batch: int) -> dict[str, Any]:
         tenth = [(b[0] - a[0]) / (b[1] - a[1]) for a, b in zip(marks, marks[1:])]
         result["upsert_rate_per_tenth"] = tenth
         result["queries_before_finish"] = timed_queries(collection, rng, 20)
-        started = time.perf_counter()
-        collection.finish()
-        result["finish_s"] = time.perf_counter() - started
-        result["queries"] = timed_queries(collection, rng, 200)
+        if index:
+            started = time.perf_counter()
+            collection.finish()
+            result["finish_s"] = time.perf_counter() - started
+            result["queries"] = timed_queries(collection, rng, 200)
         started, cursor, seen = time.perf_counter(), None, 0
         while True:
             page, cursor = collection.scroll(cursor, batch)
@@ -661,7 +671,8 @@ def run_engines(args, sizes: list[int]) -> dict[str, Any]:
         for engine in args.engines:
             if engine == "local" and size > args.local_max:
                 continue
-            command = [sys.executable, str(HERE), "--child-engine", engine, str(size), str(args.batch_size)]
+            command = [sys.executable, str(HERE), "--child-engine", engine, str(size), str(args.batch_size),
+                       str(int(size <= args.index_max))]
             started = time.time()
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             run = json.loads(output.strip().splitlines()[-1])
@@ -734,8 +745,8 @@ def render_run(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", nargs="?", choices=["reindex", "engines"], default="reindex")
-    parser.add_argument("--store", choices=["postgres", "qdrant-local"], default="postgres")
+    parser.add_argument("part", nargs="?", choices=["reindex", "engines", "search"], default="reindex")
+    parser.add_argument("--store", choices=["postgres", "qdrant-local", "qdrant-edge"], default="postgres")
     parser.add_argument("--points", type=int, nargs="+", default=None,
                         help="reindex: one size (default 20000); engines: sizes (default 20000)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the package's DEFAULT_BATCH_SIZE")
@@ -747,15 +758,31 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0, help="seconds per throughput window")
     parser.add_argument("--engines", nargs="+", default=["edge", "local"], choices=["edge", "local"])
     parser.add_argument("--local-max", type=int, default=100_000, help="engines: largest size for local mode")
+    parser.add_argument("--index-max", type=int, default=1_000_000,
+                        help="engines: largest size whose HNSW is built (optimize) before scrolling and querying")
+    parser.add_argument("--target", help="search: a store (PostgreSQL DSN, folder) that already holds the collection")
+    parser.add_argument("--collection", default=ALIAS, help="search: the collection or alias to query")
+    parser.add_argument("--vectors", nargs="+", default=["", "safe"], help="search: the vectors to query")
+    parser.add_argument("--queries", type=int, default=200, help="search: queries per vector")
     parser.add_argument("--out", default="/tmp/scale/run")
     args = parser.parse_args()
     from safeclip_sdk.index.reindex import DEFAULT_BATCH_SIZE
 
     args.batch_size = args.batch_size or DEFAULT_BATCH_SIZE
     sizes = args.points or [20_000]
-    if args.part == "reindex":
+    if args.part in ("reindex", "search"):
         args.points = sizes[0]
-        run_reindex(args)
+        if args.part == "reindex":
+            run_reindex(args)
+            return
+        with tempfile.TemporaryDirectory() as models:
+            store = open_bench_store(args.target)
+            result = search_latency(store, args, save_model("safeclip-tiny", Path(models) / "tiny"),
+                                    queries=args.queries, collection=args.collection, using_names=args.vectors)
+            store.close()
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.out) / "search.json", {"machine": machine_info(), "collection": args.collection,
+                                                    "search": result})
     else:
         run_engines(args, sizes)
 
@@ -765,7 +792,7 @@ if __name__ == "__main__":
         target, model, log, batch, writer_log, rate, count, seed = sys.argv[2:10]
         child_reindex(target, model, log, int(batch), writer_log, float(rate), int(count), int(seed))
     elif len(sys.argv) > 1 and sys.argv[1] == "--child-engine":
-        print(json.dumps(child_engine(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+        print(json.dumps(child_engine(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), bool(int(sys.argv[5])))))
     elif len(sys.argv) > 1 and sys.argv[1] == "--child-writer":
         target, model, writer_log, rate, count, seed, stop = sys.argv[2:9]
         child_writer(target, model, writer_log, float(rate), int(count), int(seed), stop)
