@@ -6,8 +6,10 @@ options that do not go together; and two uvicorn worker processes (`--workers 2`
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,8 +69,7 @@ def ray_url(local_ray, photos_dsn, tiny_model_dir):
 
 
 def test_a_replica_that_cannot_load_its_model_fails_in_one_line(local_ray, tmp_path):
-    """Runs before the shared deployment exists (both would take the route prefix /), and leaves
-    Serve running with its proxy on another port, which the shared deployment then answers on."""
+    """Runs before the shared deployment exists: both would take the route prefix /."""
     from ray import serve
 
     from safeclip_sdk.serve.ray_serve import deploy_ray
@@ -77,6 +78,37 @@ def test_a_replica_that_cannot_load_its_model_fails_in_one_line(local_ray, tmp_p
         deploy_ray(tmp_path / "missing-model", cpus_per_replica=0.5, port=free_port(), backend="torch")
     assert "\n" not in str(failure.value)
     assert "safeclip" not in serve.status().applications  # the failed application was removed
+    serve.shutdown()  # the next test starts Serve with its own port
+
+
+def test_serve_ray_answers_until_sigterm_then_removes_its_application(local_ray, tiny_model_dir):
+    """The blocking run on the session's Ray (also before the shared deployment): SIGTERM, sent
+    once it answers, removes the application and leaves the Ray and the Serve it did not start
+    running (the shared deployment then answers on this test's proxy port, not the one it asks for)."""
+    from ray import serve
+
+    from safeclip_sdk.serve.ray_serve import serve_ray
+
+    port = free_port()
+    answers = []
+
+    def stop_once_answered():
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not answers:
+            try:
+                answers.append(httpx.post(f"http://127.0.0.1:{port}/v1/embeddings",
+                                          json={"model": MODEL, "input": "a cat"}).raise_for_status().json())
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_once_answered, daemon=True)
+    stopper.start()
+    serve_ray(tiny_model_dir, settings=ServeSettings(model_name=MODEL), cpus_per_replica=0.5, port=port,
+              backend="torch", device="cpu")
+    stopper.join()
+    assert len(answers[0]["data"][0]["embedding"]) == 64
+    assert "safeclip" not in serve.status().applications and ray.is_initialized()
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -131,18 +131,22 @@ def serve_ray(model: str | os.PathLike, **options) -> None:
     the deployment (and stop Serve and Ray when they were started here)."""
     started_here = not ray.is_initialized() and not (options.get("ray_address") or os.environ.get("RAY_ADDRESS"))
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    remove = True
     try:
         url = deploy_ray(model, **options)
-        try:
-            logger.info("serving on Ray Serve at %s (Ctrl-C stops)", url)
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            serve.delete(options.get("name", APP_NAME))
+        logger.info("serving on Ray Serve at %s (Ctrl-C stops)", url)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:  # also one that came while the replicas started: they are removed too
+        pass
+    except BaseException:
+        remove = False  # deploy_ray failed, and removed what it had started
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        serving = ray.is_initialized() and _get_global_client(raise_if_no_controller_running=False) is not None
+        if remove and serving:
+            serve.delete(options.get("name", APP_NAME))
         if started_here and ray.is_initialized():
             serve.shutdown()
             ray.shutdown()
