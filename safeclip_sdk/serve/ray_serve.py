@@ -126,10 +126,22 @@ def deploy_ray(model: str | os.PathLike, *, store=None, collection: str | None =
     return f"http://{proxy.host}:{proxy.port}"
 
 
-def serve_ray(model: str | os.PathLike, **options) -> None:
-    """:func:`deploy_ray` with ``options``, then answer requests until Ctrl-C or SIGTERM, then remove
+def serve_ray(model: str | os.PathLike, *, store=None, collection: str | None = None,
+              settings: ServeSettings | None = None, replicas: int = 1, min_replicas: int | None = None,
+              max_replicas: int | None = None, target_ongoing_requests: float = TARGET_ONGOING_REQUESTS,
+              gpus_per_replica: float = 0, cpus_per_replica: float = 1, ray_address: str | None = None,
+              host: str = LOOPBACK, port: int = 8000, backend: str = "auto", device: str = "auto",
+              num_threads: int | None = None, base_model: str | os.PathLike | None = None,
+              name: str = APP_NAME) -> None:
+    """:func:`deploy_ray` (same arguments), then answer requests until Ctrl-C or SIGTERM, then remove
     the deployment (and stop Serve and Ray when they were started here)."""
-    started_here = not ray.is_initialized() and not (options.get("ray_address") or os.environ.get("RAY_ADDRESS"))
+    options = {"store": store, "collection": collection, "settings": settings, "replicas": replicas,
+               "min_replicas": min_replicas, "max_replicas": max_replicas,
+               "target_ongoing_requests": target_ongoing_requests, "gpus_per_replica": gpus_per_replica,
+               "cpus_per_replica": cpus_per_replica, "ray_address": ray_address, "host": host, "port": port,
+               "backend": backend, "device": device, "num_threads": num_threads, "base_model": base_model,
+               "name": name}
+    started_here = not ray.is_initialized() and not (ray_address or os.environ.get("RAY_ADDRESS"))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     remove = True
     try:
@@ -146,7 +158,7 @@ def serve_ray(model: str | os.PathLike, **options) -> None:
         signal.signal(signal.SIGTERM, previous)
         serving = ray.is_initialized() and _get_global_client(raise_if_no_controller_running=False) is not None
         if remove and serving:
-            serve.delete(options.get("name", APP_NAME))
+            serve.delete(name)
         if started_here and ray.is_initialized():
             serve.shutdown()
             ray.shutdown()
