@@ -222,6 +222,18 @@ def child_reindex(target: str, model: str, log_path: str, batch: int, writer_log
         os.write(log, f"{time.time():.3f} {len(points)} {collection} {timed.seconds:.3f}\n".encode())
 
     inner.upsert = logged
+    finish_load = inner.finish_load
+
+    def timed_finish_load(collection):  # TimedStore times only the abstract methods: finish_load was a no-op
+        started = time.perf_counter()
+        try:
+            finish_load(collection)
+        finally:
+            timed.seconds += time.perf_counter() - started
+            os.write(log, f"{time.time():.3f} 0 finish_load:{time.perf_counter() - started:.1f} {timed.seconds:.3f}\n"
+                     .encode())
+
+    timed.finish_load = timed_finish_load
     writer = None
     if writer_log != "-":  # the writer runs here: qdrant-client's local mode admits one process per folder
         writer = Writer(inner, encoder, count, Path(writer_log), writer_rate, seed)
