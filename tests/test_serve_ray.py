@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -78,37 +77,41 @@ def test_a_replica_that_cannot_load_its_model_fails_in_one_line(local_ray, tmp_p
         deploy_ray(tmp_path / "missing-model", cpus_per_replica=0.5, port=free_port(), backend="torch")
     assert "\n" not in str(failure.value)
     assert "safeclip" not in serve.status().applications  # the failed application was removed
-    serve.shutdown()  # the next test starts Serve with its own port
+    serve.shutdown()  # the shared deployment starts Serve with its own port
 
 
-def test_serve_ray_answers_until_sigterm_then_removes_its_application(local_ray, tiny_model_dir):
-    """The blocking run on the session's Ray (also before the shared deployment): SIGTERM, sent
-    once it answers, removes the application and leaves the Ray and the Serve it did not start
-    running (the shared deployment then answers on this test's proxy port, not the one it asks for)."""
-    from ray import serve
-
-    from safeclip_sdk.serve.ray_serve import serve_ray
-
+def test_the_command_starts_ray_answers_with_keys_and_stops_cleanly_on_sigterm(tiny_model_dir):
+    """`safeclip serve --ray` in a new process: its own local Ray (apart from the session's), the
+    keys reach the replica, and SIGTERM removes the application, stops Serve and Ray, exits 0."""
     port = free_port()
-    answers = []
-
-    def stop_once_answered():
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not answers:
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "safeclip_sdk", "serve", str(tiny_model_dir), "--ray",
+                               "--cpus-per-replica", "0.5", "--port", str(port), "--backend", "torch",
+                               "--device", "cpu", "--model-name", MODEL],
+                              env={**os.environ, "SAFECLIP_API_KEYS": "sk-ray-key"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
             try:
-                answers.append(httpx.post(f"http://127.0.0.1:{port}/v1/embeddings",
-                                          json={"model": MODEL, "input": "a cat"}).raise_for_status().json())
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    stopper = threading.Thread(target=stop_once_answered, daemon=True)
-    stopper.start()
-    serve_ray(tiny_model_dir, settings=ServeSettings(model_name=MODEL), cpus_per_replica=0.5, port=port,
-              backend="torch", device="cpu")
-    stopper.join()
-    assert len(answers[0]["data"][0]["embedding"]) == 64
-    assert "safeclip" not in serve.status().applications and ray.is_initialized()
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.5)
+        body = {"model": MODEL, "input": "a cat"}
+        answer = httpx.post(f"{url}/v1/embeddings", json=body, headers={"Authorization": "Bearer sk-ray-key"})
+        assert answer.status_code == 200 and len(answer.json()["data"][0]["embedding"]) == 64
+        assert httpx.post(f"{url}/v1/embeddings", json=body).status_code == 401
+        time.sleep(1)  # the command logs its address once deploy_ray has returned
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=120)
+    assert server.returncode == 0, output
+    assert f"serving on Ray Serve at {url}" in output and "sk-ray-key" not in output
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/healthz")
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

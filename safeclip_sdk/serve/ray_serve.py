@@ -146,6 +146,7 @@ def serve_ray(model: str | os.PathLike, *, store=None, collection: str | None = 
     remove = True
     try:
         url = deploy_ray(model, **options)
+        signal.signal(signal.SIGTERM, _interrupt)  # again: a Ray started by deploy_ray put its own (it aborts)
         logger.info("serving on Ray Serve at %s (Ctrl-C stops)", url)
         while True:
             time.sleep(3600)
