@@ -186,7 +186,7 @@ def test_bad_probe_files_are_one_line_errors_and_nothing_is_written(case, qdrant
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--mode", "safe"], "mode 'safe': 'gallery' on qdrant local"),
+    (["--mode", "safe"], "mode 'safe': 'gallery' on qdrant edge"),
     (["--mode", "score-filter"], "mode 'score-filter': 'gallery' has no moderation score to filter on"),
     (["--collection", "photos"], "no collection or alias 'photos'"),
 ])

@@ -225,7 +225,7 @@ def test_cli_errors_are_one_line(tmp_path, tiny_model_dir):
     args = ["search", "--qdrant", str(tmp_path / "db"), "--collection", "nowhere", "--model", str(tiny_model_dir)]
     result = runner.invoke(cli, [*args, "--text", "a dog"])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [f"Error: qdrant local {tmp_path / 'db'}: no collection or alias 'nowhere'"]
+    assert result.output.strip().splitlines() == [f"Error: qdrant edge {tmp_path / 'db'}: no collection or alias 'nowhere'"]
     both = runner.invoke(cli, [*args, "--text", "a dog", "--image", str(tiny_model_dir / "open_clip_config.json")])
     assert both.exit_code == 2 and "exactly one query" in both.output
     bad = runner.invoke(cli, [*args, "--text", "a dog", "--max-score", "lots"])

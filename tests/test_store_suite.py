@@ -35,8 +35,8 @@ KEPT_OPTIONS = {"qdrant": {"on_disk": True}, "pgvector": {"hnsw_config": {"m": 2
 
 
 def _open(kind, request, tmp_path):
-    if kind == "path":
-        return open_store(tmp_path / "db")
+    if kind == "path":  # qdrant-client's local mode (open_store gives new folders the embedded engine)
+        return QdrantStore.open(tmp_path / "db")
     if kind == "memory":
         return open_store(":memory:")
     if kind == "pgvector":
@@ -444,7 +444,7 @@ def test_an_edge_folder_survives_a_sigkill_and_admits_one_process(tmp_path):
     assert store.count("a") >= written + 1 and store.read_state("job")["n"] >= written
     assert len(store.retrieve("a", list(range(written + 1)))) == written + 1
     store.close()
-    local = open_store(tmp_path / "db")
+    local = QdrantStore.open(tmp_path / "db")
     local.create_collection("c", {"": VectorSpec(4, "cosine")})
     local.close()
     assert folder_engine(tmp_path / "db") == "local" and folder_engine(tmp_path / "new") is None
@@ -454,8 +454,10 @@ def test_an_edge_folder_survives_a_sigkill_and_admits_one_process(tmp_path):
 
 def test_a_file_where_the_folder_should_be(tmp_path):
     (tmp_path / "db").write_text("not a folder")
-    with pytest.raises(StoreError, match=f"qdrant local {tmp_path / 'db'}: cannot open the folder"):
+    with pytest.raises(StoreError, match=f"qdrant edge {tmp_path / 'db'}: not a folder"):
         open_store(tmp_path / "db")
+    with pytest.raises(StoreError, match=f"qdrant local {tmp_path / 'db'}: cannot open the folder"):
+        QdrantStore.open(tmp_path / "db")
 
 
 def test_one_local_store_serves_several_threads(tmp_path):
@@ -660,3 +662,21 @@ def test_server_rejections_are_not_retried(failing_server):
     with pytest.raises(MissingCollectionError, match=f"qdrant {url}: collection 'photos' not found"):
         store.count("photos")
     assert len(handler.seen) == 2
+
+
+def test_new_folders_open_with_the_embedded_engine_and_local_mode_folders_keep_theirs(tmp_path):
+    fresh = open_store(tmp_path / "new")
+    assert isinstance(fresh, EdgeStore) and folder_engine(tmp_path / "new") == "edge"
+    fresh.create_collection("photos", {"image": VectorSpec(4, "cosine")})
+    fresh.close()
+    assert isinstance(reopened := open_store(tmp_path / "new"), EdgeStore) and "photos" in reopened.list_collections()
+    reopened.close()
+    local = QdrantStore.open(tmp_path / "old")
+    local.create_collection("photos", {"image": VectorSpec(4, "cosine")})
+    local.close()
+    assert folder_engine(tmp_path / "old") == "local"
+    again = open_store(tmp_path / "old")
+    assert isinstance(again, QdrantStore) and "photos" in again.list_collections()
+    again.close()
+    assert isinstance(memory := open_store(":memory:"), QdrantStore)
+    memory.close()
