@@ -40,10 +40,11 @@ def check_engine(engine: str, workers: int, gpus_per_worker: float, cpus_per_wor
 
 
 def connect(address: str | None, workers: int, gpus_per_worker: float, progress: bool = True,
-            cpus_per_worker: float = 1) -> None:
+            cpus_per_worker: float = 1, unit: str = "worker") -> None:
     """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``, or start a local one) and check that it
     has what a pool of ``workers`` actors with ``gpus_per_worker`` GPUs and ``cpus_per_worker`` CPUs
-    each needs.
+    each needs; ``unit`` names the actors in errors and their options (``worker``: ``--workers``,
+    ``--gpus-per-worker``; ``replica``: ``--replicas``, ``--gpus-per-replica``).
 
     Ray would otherwise keep an actor that asks for a missing GPU pending forever.
     """
@@ -58,13 +59,13 @@ def connect(address: str | None, workers: int, gpus_per_worker: float, progress:
     where = "this Ray cluster" if address else "the local Ray instance"
     needed_gpus = workers * gpus_per_worker
     if needed_gpus > resources.get("GPU", 0):
-        raise SafeclipError(f"{workers} worker(s) with {gpus_per_worker:g} GPU(s) each need {needed_gpus:g} GPU(s), "
-                            f"but {where} has {resources.get('GPU', 0):g}: lower --workers or --gpus-per-worker, "
-                            f"or pass --gpus-per-worker 0 to embed on CPUs")
+        raise SafeclipError(f"{workers} {unit}(s) with {gpus_per_worker:g} GPU(s) each need {needed_gpus:g} GPU(s), "
+                            f"but {where} has {resources.get('GPU', 0):g}: lower --{unit}s or --gpus-per-{unit}, "
+                            f"or pass --gpus-per-{unit} 0 to run on CPUs")
     if workers * cpus_per_worker > resources.get("CPU", 0):
-        raise SafeclipError(f"{workers} worker(s) with {cpus_per_worker:g} CPU(s) each need "
+        raise SafeclipError(f"{workers} {unit}(s) with {cpus_per_worker:g} CPU(s) each need "
                             f"{workers * cpus_per_worker:g} CPU(s), but {where} has {resources.get('CPU', 0):g}: "
-                            f"lower --workers or --cpus-per-worker")
+                            f"lower --{unit}s or --cpus-per-{unit}")
 
 
 def pool_options(workers: int, gpus_per_worker: float, batch_size: int, cpus_per_worker: float = 1) -> dict[str, Any]:

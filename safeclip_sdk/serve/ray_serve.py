@@ -96,7 +96,7 @@ def deploy_ray(model: str | os.PathLike, *, store=None, collection: str | None =
     if (store is None) != (collection is None):
         raise SafeclipError("give both store and collection, or neither")
     check_store_for_processes(store, most, "replicas")
-    connect(ray_address, started, gpus_per_replica, progress=False, cpus_per_worker=cpus_per_replica)
+    connect(ray_address, started, gpus_per_replica, progress=False, cpus_per_worker=cpus_per_replica, unit="replica")
 
     arguments = {"model": _here_if_local(model), "store": None if store is None else _here_if_local(store),
                  "collection": collection, "settings": settings, "backend": backend, "device": device,
