@@ -38,3 +38,16 @@ def running(app, timeout_s: float = 30.0):
     finally:
         server.should_exit = True
         thread.join(timeout_s)
+
+
+def wait_ready(base_url: str, process, timeout_s: float) -> None:
+    """Wait until the server ``process`` answers ``/readyz`` with 200; fail if it exits or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base_url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.2)

@@ -23,7 +23,7 @@ from safeclip_sdk.index.search import search
 from safeclip_sdk.integrations import open_store
 from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.serve import ServeSettings
-from serve_server import free_port
+from serve_server import free_port, wait_ready
 from test_search import TEXTS, _side_by_side
 from tests.ray_world import local_ray  # noqa: F401 - the session's Ray
 
@@ -91,15 +91,7 @@ def test_the_command_starts_ray_answers_with_keys_and_stops_cleanly_on_sigterm(t
                               env={**os.environ, "SAFECLIP_API_KEYS": "sk-ray-key"},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.5)
+        wait_ready(url, server, 240)
         body = {"model": MODEL, "input": "a cat"}
         answer = httpx.post(f"{url}/v1/embeddings", json=body, headers={"Authorization": "Bearer sk-ray-key"})
         assert answer.status_code == 200 and len(answer.json()["data"][0]["embedding"]) == 64
@@ -202,15 +194,7 @@ def test_two_uvicorn_workers_both_answer(tiny_model_dir, encoder, photos_dsn):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     headers = {"Authorization": "Bearer sk-workers"}
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_ready(url, server, 90)
         texts = [f"a photo number {i} of a small boat" for i in range(48)]
 
         def embed(text):  # a new connection each time: the kernel hands it to either worker

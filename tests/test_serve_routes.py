@@ -21,7 +21,7 @@ from safeclip_sdk.integrations import open_store
 from safeclip_sdk.runtime.classify import moderate
 from safeclip_sdk.runtime.encoder import Encoder
 from safeclip_sdk.serve import ServeSettings, create_app
-from serve_server import free_port, running
+from serve_server import free_port, running, wait_ready
 from test_search import TEXTS, _side_by_side
 from test_serve import _sample
 
@@ -112,15 +112,7 @@ def test_the_command_serves_on_loopback_until_stopped(tiny_model_dir):
                                "--backend", "torch", "--device", "cpu", "--model-name", MODEL],
                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_ready(f"http://127.0.0.1:{port}", server, 60)
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": MODEL, "input": "a cat"},
                             headers={"Authorization": "Bearer sk-cli-key"})
         assert answer.status_code == 200 and len(answer.json()["data"][0]["embedding"]) == 64
