@@ -153,13 +153,15 @@ def test_a_gpu_request_on_a_host_without_one_fails_at_once(local_ray, tiny_model
 
     assert ray.cluster_resources().get("GPU", 0) == 0  # this test is about a host without GPUs
     started = time.monotonic()
-    with pytest.raises(SafeclipError, match=r"2 worker\(s\) with 1 GPU\(s\) each need 2 GPU\(s\), but .* has 0"):
+    with pytest.raises(SafeclipError, match=r"2 replica\(s\) with 1 GPU\(s\) each need 2 GPU\(s\), but .* has 0: "
+                                                 r"lower --replicas or --gpus-per-replica"):
         deploy_ray(tiny_model_dir, replicas=2, gpus_per_replica=1, port=free_port())
     assert time.monotonic() - started < 10
     result = CliRunner().invoke(cli, ["serve", str(tiny_model_dir), "--ray", "--max-replicas", "4",
                                       "--min-replicas", "3", "--gpus-per-replica", "0.5", "--port", str(free_port())])
     message = result.output.strip()
     assert result.exit_code == 1 and "\n" not in message and "need 1.5 GPU(s)" in message, result.output
+    assert "--gpus-per-replica 0" in message and "--workers" not in message
     assert "Traceback" not in message
 
 
