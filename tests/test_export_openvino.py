@@ -79,6 +79,20 @@ def test_openvino_encoder_agrees_with_torch(ov_export, model_dir, world, precisi
                                reference.category_classifier.probabilities(embeddings, "text"), atol=1e-5)
 
 
+def test_batches_split_over_requests_and_concurrent_callers_get_their_own_rows(ov_export, world):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts, _ = _inputs(world)
+    encoder = Encoder.load(ov_export, backend="openvino", precision="fp32", batch_size=64)
+    one_by_one = np.concatenate([encoder.encode_text([text]) for text in texts])
+    odd = len(texts) - 1 if len(texts) % 2 == 0 else len(texts)  # uneven chunks across the requests
+    np.testing.assert_allclose(encoder.encode_text(texts[:odd]), one_by_one[:odd], atol=1e-5)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda start: encoder.encode_text(texts[start:start + 7]), range(0, 28, 1)))
+    for start, rows in zip(range(0, 28), results):
+        np.testing.assert_allclose(rows, one_by_one[start:start + 7], atol=1e-5)
+
+
 def test_manifest_records_checks_calibration_and_speeds(ov_export, world):
     manifest = load_manifest(ov_export)  # verifies every hash, the .bin weights included
     section = manifest.openvino

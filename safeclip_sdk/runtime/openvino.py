@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from ..export.manifest import Manifest, file_in_export
-from ..export.openvino import compile_encoder, run_compiled
+from ..export.openvino import compile_encoder
 
 
 class OpenVinoRuntime:
@@ -37,10 +37,10 @@ class OpenVinoRuntime:
         self.text = _compile(core, folder, variant["text_encoder"]["file"], num_threads)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return run_compiled(self.image, pixels)
+        return self.image(pixels)
 
     def encode_tokens(self, input_ids: np.ndarray) -> np.ndarray:
-        return run_compiled(self.text, input_ids)
+        return self.text(input_ids)
 
 
 def _compile(core, folder: Path, name: str, num_threads: int | None):
